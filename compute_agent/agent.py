@@ -1,0 +1,255 @@
+"""The agent: register, then long-poll for work and run each assignment: fetch → execute → publish → complete.
+
+    async with Agent(settings) as agent:
+        await agent.run()
+
+The poll is also the heartbeat: it carries the IDs of running executions (renewing their leases) and the
+number of free slots; its answer brings new assignments and the executions to cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from compute_agent import inputs
+from compute_agent.errors import AgentError, GatewayError, NotRegistered
+from compute_agent.executors import Executor, default_executors
+from compute_agent.gateway_client import GatewayClient
+from compute_agent.publish import publish
+from compute_agent.settings import AgentSettings
+from compute_agent.workspace import TaskRun
+from shoal import __version__
+from shoal.resources import parse_bytes, parse_cpu
+
+log = logging.getLogger("shoal.agent")
+
+PUBLISHERS = ("s3managed", "noop")
+
+
+class Agent:
+    """One compute node. `executors` defaults to Docker and WASM; `run()` returns when `stop()` is called."""
+
+    def __init__(self, settings: AgentSettings, *, executors: dict[str, Executor] | None = None) -> None:
+        self.settings = settings
+        self.executors = executors if executors is not None else default_executors()
+        self.node_id = ""
+        self.poll_seconds = settings.poll_seconds
+        self._gateway = GatewayClient(settings.gateway_url, poll_seconds=settings.poll_seconds)
+        self._downloads = httpx.AsyncClient(timeout=60)
+        self._running: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    async def __aenter__(self) -> Agent:
+        await self._register()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._shutdown()
+        await self._gateway.aclose()
+        await self._downloads.aclose()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- registration -----------------------------------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        engines = [name for name, executor in self.executors.items() if executor.available()]
+        return {
+            "Name": self.settings.name or platform.node(),
+            "Labels": {"Architecture": platform.machine(), "Operating-System": platform.system().lower()}
+            | self.settings.labels,
+            "Engines": engines,
+            "Publishers": list(PUBLISHERS),
+            "Capacity": {"CPU": os.cpu_count() or 1, "Slots": self.settings.slots},
+            "Version": __version__,
+        }
+
+    async def _register(self) -> None:
+        """Reuse the credential saved in the data dir for this gateway, or register anew."""
+        saved = self.settings.data_dir / "node.json"
+        if saved.exists():
+            state = json.loads(saved.read_text())
+            if state.get("Gateway") == self.settings.gateway_url:
+                self.node_id, self._gateway.credential = state["NodeID"], state["Credential"]
+                self.poll_seconds = min(self.settings.poll_seconds, float(state.get("PollSeconds", 20)))
+                return
+        await self._register_anew()
+
+    async def _register_anew(self) -> None:
+        reply = await self._gateway.register(await asyncio.to_thread(self._info), self.settings.token)
+        self.node_id = reply["NodeID"]
+        self.poll_seconds = min(self.settings.poll_seconds, float(reply["PollSeconds"]))
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        state = {"Gateway": self.settings.gateway_url, "NodeID": self.node_id,
+                 "Credential": reply["Credential"], "PollSeconds": reply["PollSeconds"]}
+        saved = self.settings.data_dir / "node.json"
+        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(state, handle)
+        log.info("registered as node %s", self.node_id)
+
+    # -- the poll loop ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                reply = await self._poll_once()
+                failures = 0
+            except NotRegistered:
+                log.warning("the gateway no longer knows this node; registering again")
+                await self._retry_later(failures := failures + 1, self._register_anew)
+                continue
+            except GatewayError as exc:
+                failures += 1
+                log.warning("poll failed (%s); retrying", exc)
+                await self._retry_later(failures)
+                continue
+            if reply is None:
+                continue
+            for execution_id in reply.get("Cancel") or []:
+                if execution_id in self._running:
+                    task, cancel = self._running[execution_id]
+                    cancel.set()
+                    task.cancel()
+            for assignment in reply.get("Executions") or []:
+                self._start(assignment)
+
+    async def _poll_once(self) -> dict[str, Any] | None:
+        """One long-poll; given up early (returns None) when a slot frees while the node was full."""
+        free = self.settings.slots - len(self._running)
+        self._slot_freed.clear()
+        info = await asyncio.to_thread(self._info)
+        poll = asyncio.create_task(self._gateway.poll(info, list(self._running), free, self.poll_seconds))
+        waits: set[asyncio.Future[Any]] = {poll, asyncio.ensure_future(self._stopping.wait())}
+        if free == 0:  # a full node's poll can claim nothing, so dropping it loses nothing
+            waits.add(asyncio.ensure_future(self._slot_freed.wait()))
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for future in pending:
+            future.cancel()
+        if poll in done:
+            return poll.result()
+        with contextlib.suppress(asyncio.CancelledError, GatewayError):
+            await poll
+        return None
+
+    async def _retry_later(self, failures: int, action: Any = None) -> None:
+        delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        if action is not None and not self._stopping.is_set():
+            with contextlib.suppress(GatewayError):
+                await action()
+
+    # -- executions -------------------------------------------------------------------------------------
+
+    def _start(self, assignment: dict[str, Any]) -> None:
+        execution_id = assignment["ExecutionID"]
+        cancel = threading.Event()
+        task = asyncio.create_task(self._execute(assignment, cancel), name=execution_id)
+        self._running[execution_id] = (task, cancel)
+
+        def finished(_: asyncio.Task[None]) -> None:
+            self._running.pop(execution_id, None)
+            self._slot_freed.set()
+
+        task.add_done_callback(finished)
+
+    def _task_run(self, assignment: dict[str, Any]) -> TaskRun:
+        spec = assignment["Task"]
+        execution_id = assignment["ExecutionID"]
+        system = {
+            "JOB_ID": assignment["JobID"],
+            "EXECUTION_ID": execution_id,
+            "JOB_TYPE": assignment["JobType"],
+            "PARTITION_INDEX": str(assignment["PartitionIndex"]),
+            "PARTITION_COUNT": str(assignment["PartitionCount"]),
+        }
+        env = dict(spec.get("Env") or {})
+        env |= {f"BACALHAU_{k}": v for k, v in system.items()}
+        env |= {f"SHOAL_{k}": v for k, v in system.items()} | {"SHOAL_NODE_ID": self.node_id}
+        timeouts = spec.get("Timeouts") or {}
+        resources = spec.get("Resources") or {}
+        return TaskRun(
+            execution_id=execution_id,
+            engine=spec["Engine"]["Type"],
+            params=spec["Engine"].get("Params") or {},
+            env=env,
+            root=self.settings.data_dir / "executions" / execution_id,
+            timeout=float(timeouts.get("ExecutionTimeout") or timeouts.get("TotalTimeout") or 0) or None,
+            cpu=parse_cpu(resources.get("CPU") or self.settings.default_cpu),
+            memory=parse_bytes(resources.get("Memory") or self.settings.default_memory),
+            pids_limit=self.settings.pids_limit,
+            max_output_bytes=self.settings.max_output_bytes,
+        )
+
+    async def _execute(self, assignment: dict[str, Any], cancel: threading.Event) -> None:
+        execution_id = assignment["ExecutionID"]
+        run = self._task_run(assignment)
+        spec = assignment["Task"]
+        worker: asyncio.Future[int] | None = None
+        try:
+            executor = self.executors.get(run.engine)
+            if executor is None:
+                raise AgentError(f"this agent has no {run.engine} engine")
+            run.create([(r["Name"], r["Path"]) for r in spec.get("ResultPaths") or []])
+            await inputs.fetch_all(run, spec.get("InputSources") or [], self._downloads, self.settings.max_input_bytes)
+            await self._gateway.status(execution_id, "Running")
+            worker = asyncio.ensure_future(asyncio.to_thread(executor.run, run, cancel))
+            exit_code = await asyncio.shield(worker)
+            (run.results_dir / "exitCode").write_text(str(exit_code))
+            published = (spec.get("Publisher") or {}).get("Type", "s3managed") == "s3managed"
+            if published:
+                await publish(self._gateway, execution_id, run.results_dir, run.root)
+            await self._gateway.complete(execution_id, _outcome(run, exit_code) | {"Published": published})
+            log.info("execution %s completed with exit code %d", execution_id, exit_code)
+        except asyncio.CancelledError:
+            cancel.set()
+            if worker is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(worker, 30)
+            if self._stopping.is_set():
+                with contextlib.suppress(AgentError):
+                    await self._gateway.fail(execution_id, "the agent shut down during the execution")
+            raise
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, AgentError) else f"agent error: {exc!r}"
+            log.warning("execution %s failed: %s", execution_id, message)
+            with contextlib.suppress(AgentError):
+                await self._gateway.fail(execution_id, message)
+        finally:
+            await asyncio.to_thread(run.remove)
+
+    async def _shutdown(self) -> None:
+        for task, cancel in list(self._running.values()):
+            cancel.set()
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in self._running.values()), return_exceptions=True)
+
+
+def _head(path: Path, limit: int = 2048) -> tuple[str, bool]:
+    if not path.exists():
+        return "", False
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    return data[:limit].decode("utf-8", "replace"), len(data) > limit
+
+
+def _outcome(run: TaskRun, exit_code: int) -> dict[str, Any]:
+    stdout, stdout_truncated = _head(run.stdout_path)
+    stderr, stderr_truncated = _head(run.stderr_path)
+    return {"ExitCode": exit_code, "Stdout": stdout, "StdoutTruncated": stdout_truncated,
+            "Stderr": stderr, "StderrTruncated": stderr_truncated}

@@ -1,0 +1,144 @@
+"""Docker tasks through the Docker SDK: no network, limits, read-only inputs, and the container always removed."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import DockerException, ImageNotFound
+from docker.types import Mount as DockerMount
+
+from compute_agent.errors import ExecutorError, TimeoutExpired
+from compute_agent.workspace import TaskRun
+
+EXECUTION_LABEL = "io.shoal.execution-id"
+_AVAILABILITY_TTL = 15.0
+
+
+class DockerExecutor:
+    name = "docker"
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._checked_at = -_AVAILABILITY_TTL
+        self._available = False
+
+    def _docker(self) -> Any:
+        if self._client is None:
+            self._client = docker.from_env(timeout=60)
+        return self._client
+
+    def available(self) -> bool:
+        """Whether an engine answers; checked again every few seconds, so an engine started later is found."""
+        now = time.monotonic()
+        if now - self._checked_at >= _AVAILABILITY_TTL:
+            self._checked_at = now
+            try:
+                self._available = bool(self._docker().ping())
+            except DockerException:
+                self._client, self._available = None, False
+        return self._available
+
+    def run(self, task: TaskRun, cancel: threading.Event) -> int:
+        params = task.params
+        try:
+            client = self._docker()
+            self._ensure_image(client, params["Image"])
+            container = client.containers.create(**self._container_args(task))
+        except DockerException as exc:
+            raise ExecutorError(f"docker could not create the container: {exc}") from exc
+        try:
+            container.start()
+            streams = [
+                threading.Thread(target=_copy_logs, args=(container, kind, path, task.max_output_bytes), daemon=True)
+                for kind, path in (("stdout", task.stdout_path), ("stderr", task.stderr_path))
+            ]
+            for stream in streams:
+                stream.start()
+            status = self._wait(container, task, cancel)
+            for stream in streams:
+                stream.join(timeout=30)
+            container.reload()
+            if container.attrs.get("State", {}).get("OOMKilled"):
+                raise ExecutorError("memory limit exceeded: the task was killed for using too much memory")
+            return int(status["StatusCode"])
+        except DockerException as exc:
+            raise ExecutorError(f"docker failed while running the task: {exc}") from exc
+        finally:
+            with contextlib.suppress(DockerException):
+                container.remove(force=True)
+
+    @staticmethod
+    def _ensure_image(client: Any, image: str) -> None:
+        # pulling is set-up, before the execution timeout starts counting
+        try:
+            client.images.get(image)
+        except ImageNotFound:
+            try:
+                client.images.pull(image)
+            except DockerException as exc:
+                raise ExecutorError(f"could not pull image {image}: {exc}") from exc
+
+    @staticmethod
+    def _container_args(task: TaskRun) -> dict[str, Any]:
+        params = task.params
+        env = dict(item.split("=", 1) for item in params.get("EnvironmentVariables", [])) | task.env
+        mounts = [
+            DockerMount(target=m.target, source=str(m.source), type="bind", read_only=m.read_only)
+            for m in (*task.inputs, *task.outputs)
+        ]
+        args: dict[str, Any] = {
+            "image": params["Image"],
+            "command": params.get("Parameters") or None,
+            "entrypoint": params.get("Entrypoint") or None,
+            "environment": env,
+            "working_dir": params.get("WorkingDirectory") or None,
+            "network_mode": "none",
+            "mounts": mounts,
+            "labels": {EXECUTION_LABEL: task.execution_id},
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": ["ALL"],
+            "pids_limit": task.pids_limit,
+            "privileged": False,
+            "detach": True,
+        }
+        if task.memory:
+            args["mem_limit"] = task.memory
+            args["memswap_limit"] = task.memory
+        if task.cpu:
+            args["nano_cpus"] = int(task.cpu * 1e9)
+        return args
+
+    @staticmethod
+    def _wait(container: Any, task: TaskRun, cancel: threading.Event) -> dict[str, Any]:
+        deadline = time.monotonic() + task.timeout if task.timeout else None
+        while True:
+            try:
+                result: dict[str, Any] = container.wait(timeout=0.5)
+                return result
+            except Exception as exc:  # the SDK raises the transport's own timeout types
+                if isinstance(exc, DockerException):
+                    raise
+            if cancel.is_set():
+                container.kill()
+                raise ExecutorError("the execution was cancelled")
+            if deadline is not None and time.monotonic() > deadline:
+                container.kill()
+                raise TimeoutExpired(f"Execution timed out after {task.timeout:g}s")
+
+
+def _copy_logs(container: Any, kind: str, path: Path, cap: int) -> None:
+    """Stream one of the container's output streams into `path`, keeping at most `cap` bytes."""
+    written = 0
+    with open(path, "wb") as handle:
+        try:
+            for chunk in container.logs(stdout=kind == "stdout", stderr=kind == "stderr", stream=True, follow=True):
+                if written < cap:
+                    handle.write(chunk[: cap - written])
+                    written += len(chunk)
+        except DockerException:
+            pass

@@ -1,0 +1,139 @@
+"""WebAssembly tasks with wasmtime and WASI: argv, env, read-only input preopens, writable ResultPaths,
+no network, a memory cap, and epoch interruption for timeouts and cancellation."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path, PurePosixPath
+
+import wasmtime
+
+from compute_agent.errors import ExecutorError, TimeoutExpired
+from compute_agent.workspace import Mount, TaskRun
+
+_CACHE_SIZE = 32
+
+
+class WasmExecutor:
+    name = "wasm"
+
+    def __init__(self) -> None:
+        self._compiled: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def available(self) -> bool:
+        return True
+
+    def run(self, task: TaskRun, cancel: threading.Event) -> int:
+        # An engine per task, so that interrupting one task (one epoch tick) touches no other;
+        # compiled code is shared between engines through the digest cache.
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        engine = wasmtime.Engine(config)
+        module = self._module(engine, _entry_module(task))
+        store = wasmtime.Store(engine)
+        store.set_wasi(self._wasi(task))
+        if task.memory:
+            store.set_limits(memory_size=task.memory)
+        store.set_epoch_deadline(1)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        stopped = threading.Event()
+        reason: list[str] = []
+
+        def watch() -> None:
+            deadline = time.monotonic() + task.timeout if task.timeout else None
+            while not stopped.wait(0.05):
+                if cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
+                    reason.append("cancel" if cancel.is_set() else "timeout")
+                    engine.increment_epoch()
+                    return
+
+        threading.Thread(target=watch, daemon=True).start()
+        try:
+            instance = linker.instantiate(store, module)
+            entry = instance.exports(store).get(task.params.get("Entrypoint") or "_start")
+            if not isinstance(entry, wasmtime.Func):
+                raise ExecutorError(f"the module exports no function {task.params.get('Entrypoint')!r}")
+            entry(store)
+            return 0
+        except wasmtime.ExitTrap as exc:
+            return int(exc.code)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            if reason == ["timeout"]:
+                raise TimeoutExpired(f"Execution timed out after {task.timeout:g}s") from None
+            if reason == ["cancel"]:
+                raise ExecutorError("the execution was cancelled") from None
+            raise ExecutorError(f"the WASM module trapped: {exc}") from exc
+        finally:
+            stopped.set()
+
+    def _module(self, engine: wasmtime.Engine, path: Path) -> wasmtime.Module:
+        """Compile once per digest; later runs load the compiled code."""
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            compiled = self._compiled.get(digest)
+            if compiled is not None:
+                self._compiled.move_to_end(digest)
+        try:
+            if compiled is not None:
+                return wasmtime.Module.deserialize(engine, compiled)
+            module = wasmtime.Module(engine, data)
+        except wasmtime.WasmtimeError as exc:
+            raise ExecutorError(f"{path.name} is not a valid WASM module: {exc}") from exc
+        with self._lock:
+            self._compiled[digest] = bytes(module.serialize())
+            while len(self._compiled) > _CACHE_SIZE:
+                self._compiled.popitem(last=False)
+        return module
+
+    @staticmethod
+    def _wasi(task: TaskRun) -> wasmtime.WasiConfig:
+        wasi = wasmtime.WasiConfig()
+        entry = str(task.params.get("EntryModule", "main.wasm"))
+        wasi.argv = [PurePosixPath(entry).name, *task.params.get("Parameters", [])]
+        wasi.env = sorted(task.env.items())
+        wasi.stdout_file = str(task.stdout_path)
+        wasi.stderr_file = str(task.stderr_path)
+        for host, guest, writable in _preopens(task):
+            wasi.preopen_dir(str(host), guest, writable)
+        return wasi
+
+
+def _entry_module(task: TaskRun) -> Path:
+    target = str(task.params["EntryModule"])
+    try:
+        path = task.input_at(target)
+    except KeyError:
+        raise ExecutorError(f"EntryModule {target} is not the target of any input") from None
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file()]
+        if len(files) != 1:
+            raise ExecutorError(f"EntryModule {target} is a folder of {len(files)} files, not one module")
+        path = files[0]
+    return path
+
+
+def _preopens(task: TaskRun) -> list[tuple[Path, str, bool]]:
+    """Folders to preopen: each folder input at its target, each file input through its parent folder
+    (read-only), and each ResultPath read-write."""
+    seen: dict[str, tuple[Path, str, bool]] = {}
+    entry = str(task.params.get("EntryModule", ""))
+    for mount in task.inputs:
+        if mount.target == entry and mount.source.is_file():
+            continue
+        host, guest = _folder_of(mount)
+        seen.setdefault(guest, (host, guest, False))
+    for mount in task.outputs:
+        seen[mount.target] = (mount.source, mount.target, True)
+    return list(seen.values())
+
+
+def _folder_of(mount: Mount) -> tuple[Path, str]:
+    if mount.source.is_dir():
+        return mount.source, mount.target
+    return mount.source.parent, str(PurePosixPath(mount.target).parent)

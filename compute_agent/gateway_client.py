@@ -1,0 +1,87 @@
+"""The agent's side of the agent API (`/api/v1/compute/…`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from compute_agent.errors import GatewayError, NotRegistered
+
+_BASE = "/api/v1/compute"
+
+
+class GatewayClient:
+    """Async calls to the gateway, authenticated with the node credential once registered."""
+
+    def __init__(self, base_url: str, *, poll_seconds: float) -> None:
+        timeout = httpx.Timeout(30.0, read=poll_seconds + 30.0)
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
+        self.credential = ""
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, path: str, body: dict[str, Any], *, auth: str | None = None) -> dict[str, Any] | None:
+        token = self.credential if auth is None else auth
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            response = await self._http.post(_BASE + path, json=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise GatewayError(f"cannot reach the gateway: {exc!r}") from exc
+        if response.status_code == 204:
+            return None
+        if response.is_error:
+            try:
+                message = str(response.json().get("Message", response.text))
+            except ValueError:
+                message = response.text
+            kind = NotRegistered if response.status_code == 401 and auth is None else GatewayError
+            raise kind(f"{path}: {message}", response.status_code)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def register(self, info: dict[str, Any], join_token: str) -> dict[str, Any]:
+        reply = await self._call("/register", info, auth=join_token)
+        if reply is None:
+            raise GatewayError("/register: empty reply")
+        self.credential = reply["Credential"]
+        return reply
+
+    async def poll(self, info: dict[str, Any], running: Sequence[str], free: int, wait: float) -> dict[str, Any]:
+        body = info | {"Running": list(running), "FreeSlots": free, "Wait": wait}
+        return await self._call("/poll", body) or {"Executions": [], "Cancel": []}
+
+    async def status(self, execution_id: str, state: str, message: str = "") -> None:
+        await self._call(f"/executions/{execution_id}/status", {"State": state, "Message": message})
+
+    async def publish(self, execution_id: str, size: int, sha256: str) -> dict[str, Any]:
+        reply = await self._call(f"/executions/{execution_id}/publish", {"Size": size, "SHA256": sha256})
+        if reply is None:
+            raise GatewayError("/publish: empty reply")
+        return reply
+
+    async def complete(self, execution_id: str, outcome: dict[str, Any]) -> None:
+        await self._call(f"/executions/{execution_id}/complete", outcome)
+
+    async def fail(self, execution_id: str, message: str) -> None:
+        await self._call(f"/executions/{execution_id}/fail", {"Message": message})
+
+    async def upload(self, url: str, method: str, headers: dict[str, str], path: Any, size: int) -> None:
+        """PUT a file to a presigned URL, streamed from disk."""
+
+        async def chunks() -> Any:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    yield chunk
+
+        try:
+            response = await self._http.request(
+                method, url, content=chunks(), headers=headers | {"Content-Length": str(size)}, timeout=None
+            )
+        except httpx.TransportError as exc:
+            raise GatewayError(f"upload failed: {exc!r}") from exc
+        if response.is_error:
+            raise GatewayError(f"upload refused with HTTP {response.status_code}: {response.text[:200]}",
+                               response.status_code)

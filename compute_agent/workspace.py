@@ -1,0 +1,77 @@
+"""An execution's folder on the agent: fetched inputs, the results dir, and what the executors mount.
+
+    <data>/executions/<executionID>/
+        inputs/<Target path>        each input, laid out at its target path
+        results/                    archived and uploaded as the execution's result
+            stdout  stderr  exitCode  <ResultPath.Name>/…
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path shown to the task at `target`."""
+
+    source: Path
+    target: str
+    read_only: bool = True
+
+
+@dataclass
+class TaskRun:
+    """Everything an executor needs to run one task; built by the agent from an assignment."""
+
+    execution_id: str
+    engine: str
+    params: dict[str, Any]
+    env: dict[str, str]
+    root: Path
+    inputs: list[Mount] = field(default_factory=list)
+    outputs: list[Mount] = field(default_factory=list)
+    timeout: float | None = None
+    cpu: float = 0.0
+    memory: int = 0
+    pids_limit: int = 256
+    max_output_bytes: int = 1 << 30
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.root / "inputs"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.results_dir / "stdout"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.results_dir / "stderr"
+
+    def input_at(self, target: str) -> Path:
+        """The host path of the input whose target is `target`."""
+        for mount in self.inputs:
+            if mount.target == target:
+                return mount.source
+        raise KeyError(target)
+
+    def create(self, result_paths: list[tuple[str, str]]) -> None:
+        """Make the folders; `result_paths` are (Name, Path) pairs from the spec."""
+        self.inputs_dir.mkdir(parents=True, exist_ok=True)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        for name, path in result_paths:
+            host = self.results_dir / name
+            host.mkdir()
+            host.chmod(0o777)  # the task may run as any user inside its container
+            self.outputs.append(Mount(host, path, read_only=False))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

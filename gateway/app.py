@@ -1,0 +1,103 @@
+"""The gateway app: routes, one error handler for the whole `GatewayError` family, housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import agent_api, compute_api, housekeeping, jobs_api, objects_api
+from gateway.db import make_engine
+from gateway.errors import GatewayError
+from gateway.notify import WorkSignal
+from gateway.objectstore import make_object_store
+from gateway.services import Services
+from gateway.settings import Settings
+from gateway.store import Store
+
+log = logging.getLogger("shoal.gateway")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app for `settings`: database, object store and housekeeping are set up here, once."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database)
+    svc = Services(
+        settings=settings,
+        store=Store(engine, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts),
+        objects=make_object_store(settings),
+        work=WorkSignal(),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        svc.work = WorkSignal()  # bound to the serving loop
+        task = asyncio.create_task(housekeeping.run_forever(svc))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            engine.dispose()
+
+    app = Starlette(
+        routes=[*jobs_api.routes, *compute_api.routes, *objects_api.routes, *agent_api.routes],
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _server_error},
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    app.add_middleware(RequestID)
+    return app
+
+
+def _error(request: Request, status: int, message: str, code: str, hint: str = "") -> JSONResponse:
+    request_id = getattr(request.state, "request_id", "")
+    body = {"Status": status, "Message": message, "Code": code, "RequestID": request_id}
+    if hint:
+        body["Hint"] = hint
+    return JSONResponse(body, status_code=status)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GatewayError)
+    return _error(request, exc.status, exc.message, exc.code, exc.hint)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return _error(request, exc.status_code, str(exc.detail), "HTTPError")
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return _error(request, 500, "internal server error", "InternalError")
+
+
+class RequestID:
+    """Gives every request an ID, returned as `X-Request-ID` and in error bodies."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

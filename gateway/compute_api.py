@@ -1,0 +1,225 @@
+"""The agent API (`/api/v1/compute/…`): register, long-poll for work, report status, publish, complete.
+
+An agent authenticates every call with the credential it got at registration, and may touch only the
+executions assigned to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import re
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
+from gateway.models import ExecutionState, NodeRecord
+from gateway.services import Services, read_json, services
+from gateway.store import Claimed, NodeInfo, RunOutcome
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+async def _node(request: Request) -> NodeRecord:
+    credential = _bearer(request)
+    if not credential:
+        raise Unauthorized("the agent API needs the node credential as a Bearer token")
+    return await run_in_threadpool(services(request).store.authenticate_node, credential)
+
+
+def _node_info(body: dict[str, Any]) -> NodeInfo:
+    def strings(name: str) -> list[str]:
+        value = body.get(name) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadRequest(f"{name}: must be a list of strings")
+        return value
+
+    labels = body.get("Labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise BadRequest("Labels: must be a mapping of strings")
+    capacity = body.get("Capacity") or {}
+    if not isinstance(capacity, dict):
+        raise BadRequest("Capacity: must be a mapping")
+    return NodeInfo(
+        name=str(body.get("Name") or ""),
+        labels=labels,
+        engines=strings("Engines"),
+        publishers=strings("Publishers"),
+        capacity=capacity,
+        version=str(body.get("Version") or ""),
+    )
+
+
+async def register(request: Request) -> JSONResponse:
+    svc = services(request)
+    expected = svc.settings.join_token
+    if expected and not hmac.compare_digest(_bearer(request).encode(), expected.encode()):
+        raise Unauthorized("a valid join token is needed to register a node (shoal agent --token)")
+    info = _node_info(await read_json(request))
+    node, credential = await run_in_threadpool(svc.store.register_node, info)
+    svc.work.notify()
+    return JSONResponse({
+        "NodeID": node.id,
+        "Credential": credential,
+        "LeaseSeconds": svc.settings.lease_seconds,
+        "PollSeconds": svc.settings.poll_seconds,
+    })
+
+
+def _assignment(svc: Services, claimed: Claimed) -> dict[str, Any]:
+    execution, job = claimed.execution, claimed.job
+    return {
+        "ExecutionID": execution.id,
+        "JobID": job.id,
+        "JobType": job.type,
+        "JobVersion": execution.job_version,
+        "Namespace": job.namespace,
+        "PartitionIndex": execution.partition_index,
+        "PartitionCount": job.count,
+        "Attempt": execution.attempt,
+        "Task": job.spec["Tasks"][0],
+        "LeaseSeconds": svc.settings.lease_seconds,
+    }
+
+
+async def poll(request: Request) -> Response:
+    """Heartbeat, lease renewal and a wait for work: answers as soon as something can be claimed."""
+    svc = services(request)
+    node = await _node(request)
+    body = await read_json(request)
+    running = body.get("Running") or []
+    if not isinstance(running, list) or not all(isinstance(r, str) for r in running):
+        raise BadRequest("Running: must be a list of execution IDs")
+    try:
+        free = max(0, int(body.get("FreeSlots", 0)))
+        wait = min(max(0.0, float(body.get("Wait", svc.settings.poll_seconds))), svc.settings.poll_seconds)
+    except (TypeError, ValueError):
+        raise BadRequest("FreeSlots and Wait: must be numbers") from None
+    info = _node_info(body) if "Engines" in body else None
+    node = await run_in_threadpool(svc.store.heartbeat, node.id, info, running)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        signal = svc.work.current()
+        cancel = await run_in_threadpool(svc.store.stopped_among, node.id, running)
+        claimed = await run_in_threadpool(svc.store.claim, node, free)
+        if claimed or cancel:
+            return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Cancel": cancel})
+        remaining = deadline - loop.time()
+        if remaining <= 0 or await request.is_disconnected():
+            return Response(status_code=204)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(signal.wait(), remaining)
+
+
+async def status(request: Request) -> JSONResponse:
+    svc = services(request)
+    node = await _node(request)
+    body = await read_json(request)
+    try:
+        state = ExecutionState(str(body.get("State", "")))
+    except ValueError:
+        raise BadRequest("State: must be Running or Publishing") from None
+    if state not in (ExecutionState.RUNNING, ExecutionState.PUBLISHING):
+        raise BadRequest("State: must be Running or Publishing")
+    await run_in_threadpool(
+        svc.store.update_status, node.id, request.path_params["id"], state, str(body.get("Message", ""))[:1024]
+    )
+    return JSONResponse({"LeaseSeconds": svc.settings.lease_seconds})
+
+
+async def publish(request: Request) -> JSONResponse:
+    """A presigned PUT for this execution's result archive, bound to its declared size and digest."""
+    svc = services(request)
+    node = await _node(request)
+    body = await read_json(request)
+    size, sha256 = body.get("Size"), str(body.get("SHA256", "")).lower()
+    if not isinstance(size, int) or size < 0:
+        raise BadRequest("Size: must be a whole number of bytes")
+    if size > svc.settings.max_result_bytes:
+        raise PayloadTooLarge(f"Size: results are limited to {svc.settings.max_result_bytes} bytes")
+    if not _SHA256.match(sha256):
+        raise BadRequest("SHA256: must be 64 hex digits")
+    key = await run_in_threadpool(
+        svc.store.begin_publish, node.id, request.path_params["id"], size, sha256, svc.settings.results_prefix
+    )
+    signed = await run_in_threadpool(svc.objects.presign_put, key, size, sha256, svc.settings.upload_expiry)
+    return JSONResponse({"URL": signed.url, "Method": signed.method, "Headers": signed.headers, "Key": key})
+
+
+async def complete(request: Request) -> JSONResponse:
+    """The task ran; when it published, the object must be there with the size and digest it declared."""
+    svc = services(request)
+    node = await _node(request)
+    body = await read_json(request)
+    execution_id = request.path_params["id"]
+    outcome = _outcome(body)
+    published = bool(body.get("Published"))
+    if published:
+        execution = await run_in_threadpool(svc.store.upload_of, node.id, execution_id)
+        problem = await _check_upload(svc, execution.result_key, execution.upload_size, execution.upload_sha256)
+        if problem:
+            await run_in_threadpool(svc.store.fail, node.id, execution_id, f"publish failed: {problem}")
+            svc.work.notify()
+            raise Conflict(f"publish failed: {problem}")
+    await run_in_threadpool(svc.store.complete, node.id, execution_id, outcome, published)
+    svc.work.notify()
+    return JSONResponse({})
+
+
+def _outcome(body: dict[str, Any]) -> RunOutcome:
+    exit_code = body.get("ExitCode")
+    if not isinstance(exit_code, int):
+        raise BadRequest("ExitCode: must be a whole number")
+    return RunOutcome(
+        exit_code=exit_code,
+        stdout=str(body.get("Stdout", "")),
+        stderr=str(body.get("Stderr", "")),
+        stdout_truncated=bool(body.get("StdoutTruncated")),
+        stderr_truncated=bool(body.get("StderrTruncated")),
+    )
+
+
+async def _check_upload(svc: Services, key: str | None, size: int | None, sha256: str | None) -> str:
+    if key is None or size is None:
+        return "no upload was requested for this execution"
+    found = await run_in_threadpool(svc.objects.stat, key)
+    if found is None:
+        return f"no object at {key}"
+    if found.size != size:
+        return f"the object has {found.size} bytes, {size} were declared"
+    if found.sha256 is not None and found.sha256 != sha256:
+        return "the object's SHA-256 does not match the declared digest"
+    return ""
+
+
+async def fail(request: Request) -> JSONResponse:
+    svc = services(request)
+    node = await _node(request)
+    body = await read_json(request)
+    message = str(body.get("Message") or "the agent reported a failure")
+    rescheduled = await run_in_threadpool(svc.store.fail, node.id, request.path_params["id"], message)
+    svc.work.notify()
+    return JSONResponse({"Rescheduled": rescheduled})
+
+
+_BASE = "/api/v1/compute"
+
+routes = [
+    Route(_BASE + "/register", register, methods=["POST"]),
+    Route(_BASE + "/poll", poll, methods=["POST"]),
+    Route(_BASE + "/executions/{id}/status", status, methods=["POST"]),
+    Route(_BASE + "/executions/{id}/publish", publish, methods=["POST"]),
+    Route(_BASE + "/executions/{id}/complete", complete, methods=["POST"]),
+    Route(_BASE + "/executions/{id}/fail", fail, methods=["POST"]),
+]

@@ -1,0 +1,31 @@
+"""Periodic sweeps: fail and reschedule executions whose lease expired, mark silent nodes DISCONNECTED."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.concurrency import run_in_threadpool
+
+from gateway.services import Services
+
+log = logging.getLogger("shoal.gateway.housekeeping")
+
+
+def sweep(svc: Services) -> int:
+    """One pass; returns how many executions were rescheduled."""
+    svc.store.disconnect_silent_nodes(svc.settings.disconnect_seconds)
+    return svc.store.expire_leases()
+
+
+async def run_forever(svc: Services) -> None:
+    while True:
+        await asyncio.sleep(svc.settings.housekeeping_seconds)
+        try:
+            rescheduled = await run_in_threadpool(sweep, svc)
+        except Exception:  # a failed sweep must not stop the next one
+            log.exception("housekeeping sweep failed")
+            continue
+        if rescheduled:
+            log.info("rescheduled %d executions whose lease expired", rescheduled)
+            svc.work.notify()

@@ -1,0 +1,144 @@
+"""The user API for jobs: Bacalhau's orchestrator API v1 (`/api/v1/orchestrator/jobs…`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway import wire
+from gateway.errors import BadRequest
+from gateway.models import ExecutionState, JobRecord
+from gateway.services import query_int, read_body, services
+from shoal.errors import SpecError
+from shoal.spec import load_document, parse_job
+
+_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+async def submit(request: Request) -> JSONResponse:
+    svc = services(request)
+    body = await read_body(request, svc.settings.max_body_bytes)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        document = load_document(body) if body.strip() else None
+        spec = _unwrap(document, bare=content_type in _YAML_TYPES)
+        job, warnings = parse_job(spec)
+    except SpecError as exc:
+        raise BadRequest(str(exc)) from None
+    record = await run_in_threadpool(svc.store.submit, job)
+    svc.work.notify()
+    return JSONResponse({"JobID": record.id, "EvaluationID": "", "Warnings": warnings})
+
+
+def _unwrap(document: Any, *, bare: bool) -> Any:
+    """`{"Job": {...}, "Force": …}` as Bacalhau's API sends it, or a bare spec (YAML files, curl users)."""
+    if not isinstance(document, dict):
+        raise SpecError("", "the body must be {\"Job\": {...}} or a job spec mapping")
+    wrapped = {str(k).lower(): v for k, v in document.items()}
+    if not bare and "job" in wrapped:
+        if not isinstance(wrapped["job"], dict):
+            raise SpecError("Job", "must be a job spec mapping")
+        return wrapped["job"]
+    return document
+
+
+async def list_jobs(request: Request) -> JSONResponse:
+    svc = services(request)
+    namespace = request.query_params.get("namespace") or "default"
+    order_by = request.query_params.get("order_by") or "created_at"
+    if order_by not in ("created_at", "create_time", "id"):
+        raise BadRequest("order_by: must be created_at or id")
+    reverse = request.query_params.get("reverse", "").lower() in ("1", "true", "yes")
+    limit = query_int(request, "limit", 100, minimum=1, maximum=1000)
+    offset = 0
+    token = request.query_params.get("next_token")
+    if token:
+        order_by, reverse, limit, offset = _decode_token(token)
+    jobs, more = await run_in_threadpool(
+        svc.store.list_jobs,
+        namespace,
+        limit=limit,
+        offset=offset,
+        order_by="id" if order_by == "id" else "create_time",
+        reverse=reverse,
+        state=request.query_params.get("state") or None,
+    )
+    next_token = _encode_token(order_by, reverse, limit, offset + limit) if more else ""
+    return JSONResponse({"Items": [wire.job(job) for job in jobs], "NextToken": next_token})
+
+
+def _encode_token(order_by: str, reverse: bool, limit: int, offset: int) -> str:
+    raw = f"{order_by}:{'Y' if reverse else 'N'}:{limit}:{offset}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[str, bool, int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        order_by, reverse, limit, offset = raw.split(":")
+        return order_by, reverse == "Y", max(1, min(int(limit), 1000)), max(0, int(offset))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest("next_token: not a token this gateway issued") from None
+
+
+async def _job(request: Request) -> JobRecord:
+    namespace = request.query_params.get("namespace") or "default"
+    return await run_in_threadpool(services(request).store.find_job, namespace, request.path_params["ref"])
+
+
+async def get_job(request: Request) -> JSONResponse:
+    job = await _job(request)
+    include = {part.strip().lower() for part in request.query_params.get("include", "").split(",")}
+    body: dict[str, Any] = {"Job": wire.job(job)}
+    if "executions" in include:
+        executions = await run_in_threadpool(services(request).store.executions, job.id)
+        body["Executions"] = {"Items": [wire.execution(e) for e in executions], "NextToken": ""}
+    return JSONResponse(body)
+
+
+async def list_executions(request: Request) -> JSONResponse:
+    job = await _job(request)
+    executions = await run_in_threadpool(services(request).store.executions, job.id)
+    return JSONResponse({"Items": [wire.execution(e) for e in executions], "NextToken": ""})
+
+
+async def results(request: Request) -> JSONResponse:
+    """Presigned GET URLs for the published results of the job's completed executions."""
+    svc = services(request)
+    job = await _job(request)
+    executions = await run_in_threadpool(svc.store.executions, job.id)
+    items = []
+    for execution in executions:
+        published = execution.compute_state == ExecutionState.COMPLETED and execution.result_size is not None
+        if not published or execution.job_version != job.version or execution.result_key is None:
+            continue
+        url = await run_in_threadpool(svc.objects.presign_get, execution.result_key, svc.settings.download_expiry)
+        items.append({
+            "Type": "s3PreSigned",
+            "Params": {
+                "PreSignedURL": url,
+                "Managed": True,
+                "ExecutionID": execution.id,
+                "PartitionIndex": execution.partition_index,
+                "SHA256": execution.result_sha256,
+                "Size": execution.result_size,
+            },
+        })
+    return JSONResponse({"Items": items, "NextToken": ""})
+
+
+_JOBS = "/api/v1/orchestrator/jobs"
+
+routes = [
+    Route(_JOBS, submit, methods=["PUT", "POST"]),
+    Route(_JOBS, list_jobs, methods=["GET"]),
+    Route(_JOBS + "/{ref}", get_job, methods=["GET"]),
+    Route(_JOBS + "/{ref}/executions", list_executions, methods=["GET"]),
+    Route(_JOBS + "/{ref}/results", results, methods=["GET"]),
+]

@@ -1,0 +1,116 @@
+"""Tables. States are `str` enums stored as their names; times are Unix nanoseconds (UTC)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+
+class JobState(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.STOPPED)
+
+
+class DesiredState(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+
+
+class ExecutionState(StrEnum):
+    NEW = "New"
+    BID_ACCEPTED = "BidAccepted"
+    RUNNING = "Running"
+    PUBLISHING = "Publishing"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+ACTIVE_EXECUTION_STATES = (ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING, ExecutionState.PUBLISHING)
+
+
+class NodeConnection(StrEnum):
+    CONNECTED = "CONNECTED"
+    DISCONNECTED = "DISCONNECTED"
+
+
+class JobRecord(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_namespace_name", "namespace", "name"),)
+
+    id: str = Field(primary_key=True)
+    namespace: str
+    name: str
+    type: str
+    state: str = JobState.PENDING
+    state_message: str = ""
+    version: int = 1
+    revision: int = 1
+    count: int = 1
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    create_time: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    modify_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ExecutionRecord(SQLModel, table=True):
+    __tablename__ = "executions"
+    __table_args__ = (
+        Index("ix_executions_claim", "compute_state", "create_time"),
+        Index("ix_executions_job", "job_id", "partition_index"),
+        Index("ix_executions_node", "node_id", "compute_state"),
+    )
+
+    id: str = Field(primary_key=True)
+    job_id: str
+    namespace: str
+    job_version: int = 1
+    partition_index: int = 0
+    attempt: int = 1
+    engine: str
+    node_id: str | None = None
+    desired_state: str = DesiredState.RUNNING
+    compute_state: str = ExecutionState.NEW
+    state_message: str = ""
+    lease_expires: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    exit_code: int | None = None
+    stdout: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    stderr: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    upload_size: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    upload_sha256: str | None = None
+    result_key: str | None = None
+    result_size: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    result_sha256: str | None = None
+    revision: int = 1
+    create_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+    modify_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class NodeRecord(SQLModel, table=True):
+    __tablename__ = "nodes"
+
+    id: str = Field(primary_key=True)
+    credential_sha256: str = Field(index=True)
+    name: str = ""
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    engines: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    publishers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    capacity: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    version: str = ""
+    membership: str = "APPROVED"
+    connection: str = NodeConnection.CONNECTED
+    last_heartbeat: int = Field(sa_column=Column(BigInteger, nullable=False))
+    create_time: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -1,0 +1,92 @@
+"""Gateway settings, read once from the environment at start and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ConfigurationError
+
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the gateway reads from its environment; `from_env` is the only reader."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 1234
+    public_url: str = ""
+    database_url: str = ""
+    results_bucket: str = ""
+    results_prefix: str = "results"
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    upload_expiry: int = 15 * 60
+    download_expiry: int = 3600
+    lease_seconds: float = 60.0
+    poll_seconds: float = 20.0
+    housekeeping_seconds: float = 5.0
+    disconnect_seconds: float = 60.0
+    max_attempts: int = 3
+    join_token: str = ""
+    max_body_bytes: int = 10 << 20
+    max_result_bytes: int = 10 << 30
+
+    def __post_init__(self) -> None:
+        for name in ("upload_expiry", "download_expiry"):
+            value = getattr(self, name)
+            if not 0 < value <= MAX_PRESIGN_SECONDS:
+                raise ConfigurationError(f"{name} must be between 1 s and 7 days, not {value}")
+        if self.poll_seconds <= 0 or self.lease_seconds < 3 * self.poll_seconds:
+            raise ConfigurationError("the lease must be at least three long-poll periods")
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'shoal.db'}"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from `SHOAL_*` variables; keyword overrides (command-line flags) win."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for field, kind in _ENV_FIELDS.items():
+            raw = env.get(f"SHOAL_{field.upper()}")
+            if raw is not None and raw != "":
+                try:
+                    values[field] = kind(raw)
+                except ValueError as exc:
+                    raise ConfigurationError(f"SHOAL_{field.upper()}: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.setdefault("data_dir", Path(env.get("SHOAL_DATA_DIR", "~/.shoal")).expanduser())
+        values["data_dir"] = Path(str(values["data_dir"])).expanduser()
+        return cls(**values)  # type: ignore[arg-type]
+
+
+_ENV_FIELDS: dict[str, type] = {
+    "host": str,
+    "port": int,
+    "public_url": str,
+    "database_url": str,
+    "results_bucket": str,
+    "results_prefix": str,
+    "s3_endpoint_url": str,
+    "s3_region": str,
+    "upload_expiry": int,
+    "download_expiry": int,
+    "lease_seconds": float,
+    "poll_seconds": float,
+    "housekeeping_seconds": float,
+    "disconnect_seconds": float,
+    "max_attempts": int,
+    "join_token": str,
+    "max_body_bytes": int,
+    "max_result_bytes": int,
+}

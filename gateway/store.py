@@ -1,0 +1,452 @@
+"""The job and execution store: submit, claim, lease, complete, fail, and the housekeeping sweeps.
+
+Every method is one database transaction and is safe to call from several threads, processes or replicas:
+claims are a single `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING` (SQLite ignores
+the lock clause and serialises writers instead), and every state change checks the state it starts from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, exists, func, update
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col, select
+
+from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gateway.models import (
+    ACTIVE_EXECUTION_STATES,
+    DesiredState,
+    ExecutionRecord,
+    ExecutionState,
+    JobRecord,
+    JobState,
+    NodeConnection,
+    NodeRecord,
+)
+from shoal.spec import Job
+
+NODE_CREDENTIAL_PREFIX = "shoal_node_"
+OUTPUT_CAP = 2048
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What an agent reports when a task has run: the exit code and the head of its output."""
+
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What an agent says about itself when it registers and on every poll."""
+
+    name: str = ""
+    labels: dict[str, str] | None = None
+    engines: Sequence[str] = ()
+    publishers: Sequence[str] = ()
+    capacity: dict[str, Any] | None = None
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    execution: ExecutionRecord
+    job: JobRecord
+
+
+class Store:
+    """Jobs, executions and nodes in SQL; `lease_seconds` and `max_attempts` come from the settings."""
+
+    def __init__(self, engine: Engine, *, lease_seconds: float, max_attempts: int) -> None:
+        self.engine = engine
+        self.lease_ns = int(lease_seconds * 1e9)
+        self.max_attempts = max_attempts
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # -- jobs -------------------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> JobRecord:
+        """Store a validated job and one new execution per partition."""
+        now = now_ns()
+        job_id = f"j-{uuid.uuid4()}"
+        count = job.Count or 0
+        record = JobRecord(
+            id=job_id,
+            namespace=job.Namespace,
+            name=job.Name or job_id,
+            type=job.Type,
+            count=count,
+            spec=job.wire() | {"Name": job.Name or job_id},
+            create_time=now,
+            modify_time=now,
+        )
+        if count == 0:
+            record.state, record.state_message = JobState.COMPLETED, "Count is 0: nothing to run"
+        with self._tx() as session:
+            session.add(record)
+            for index in range(count):
+                session.add(self._new_execution(record, job.task.Engine.Type, index, attempt=1, now=now))
+        return record
+
+    @staticmethod
+    def _new_execution(job: JobRecord, engine: str, index: int, *, attempt: int, now: int) -> ExecutionRecord:
+        return ExecutionRecord(
+            id=f"e-{uuid.uuid4()}",
+            job_id=job.id,
+            namespace=job.namespace,
+            job_version=job.version,
+            partition_index=index,
+            attempt=attempt,
+            engine=engine,
+            create_time=now,
+            modify_time=now,
+        )
+
+    def find_job(self, namespace: str, ref: str) -> JobRecord:
+        """A job by ID, unique ID prefix, or Name within the namespace."""
+        with self._tx() as session:
+            base = select(JobRecord).where(col(JobRecord.namespace) == namespace)
+            found = session.exec(base.where(col(JobRecord.id) == ref)).first()
+            if found:
+                return found
+            by_name = session.exec(base.where(col(JobRecord.name) == ref).order_by(col(JobRecord.create_time).desc()))
+            found = by_name.first()
+            if found:
+                return found
+            matches = session.exec(base.where(col(JobRecord.id).startswith(ref, autoescape=True)).limit(3)).all()
+        if len(matches) > 1:
+            raise BadRequest(f"job ID prefix {ref!r} is ambiguous: it matches several jobs; give more characters")
+        if not matches:
+            raise NotFound(f"job not found: {ref}")
+        return matches[0]
+
+    def list_jobs(
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        offset: int,
+        order_by: str = "create_time",
+        reverse: bool = False,
+        state: str | None = None,
+    ) -> tuple[list[JobRecord], bool]:
+        """One page of jobs, newest first unless `reverse`; the flag says whether more follow."""
+        column = col(JobRecord.id) if order_by == "id" else col(JobRecord.create_time)
+        query = select(JobRecord)
+        if namespace != "*":
+            query = query.where(col(JobRecord.namespace) == namespace)
+        if state:
+            query = query.where(func.lower(JobRecord.state) == state.lower())
+        query = query.order_by(column.asc() if reverse else column.desc(), col(JobRecord.id))
+        with self._tx() as session:
+            rows = list(session.exec(query.offset(offset).limit(limit + 1)).all())
+        return rows[:limit], len(rows) > limit
+
+    def executions(self, job_id: str) -> list[ExecutionRecord]:
+        with self._tx() as session:
+            query = select(ExecutionRecord).where(col(ExecutionRecord.job_id) == job_id)
+            order = (col(ExecutionRecord.partition_index), col(ExecutionRecord.attempt))
+            return list(session.exec(query.order_by(*order)).all())
+
+    # -- nodes ------------------------------------------------------------------------------------------
+
+    def register_node(self, info: NodeInfo) -> tuple[NodeRecord, str]:
+        """A new node and its credential (shown once; only its hash is stored)."""
+        credential = NODE_CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        now = now_ns()
+        node = NodeRecord(id=f"n-{uuid.uuid4()}", credential_sha256=_sha256(credential), last_heartbeat=now,
+                          create_time=now)
+        _apply_info(node, info)
+        with self._tx() as session:
+            session.add(node)
+        return node, credential
+
+    def authenticate_node(self, credential: str) -> NodeRecord:
+        with self._tx() as session:
+            node = session.exec(
+                select(NodeRecord).where(col(NodeRecord.credential_sha256) == _sha256(credential))
+            ).first()
+        if node is None:
+            raise Unauthorized("unknown node credential; register the agent again")
+        return node
+
+    def heartbeat(self, node_id: str, info: NodeInfo | None, running: Sequence[str]) -> NodeRecord:
+        """Record a poll: node liveness and info, and lease renewal for the executions it still runs."""
+        now = now_ns()
+        with self._tx() as session:
+            node = session.get(NodeRecord, node_id)
+            if node is None:
+                raise Unauthorized("unknown node; register the agent again")
+            node.last_heartbeat = now
+            node.connection = NodeConnection.CONNECTED
+            if info is not None:
+                _apply_info(node, info)
+            session.add(node)
+            if running:
+                session.execute(
+                    update(ExecutionRecord)
+                    .where(
+                        col(ExecutionRecord.id).in_(list(running)),
+                        col(ExecutionRecord.node_id) == node_id,
+                        col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
+                    )
+                    .values(lease_expires=now + self.lease_ns)
+                )
+        return node
+
+    def nodes(self) -> list[NodeRecord]:
+        with self._tx() as session:
+            return list(session.exec(select(NodeRecord).order_by(col(NodeRecord.create_time))).all())
+
+    # -- claim and run ----------------------------------------------------------------------------------
+
+    def claim(self, node: NodeRecord, limit: int) -> list[Claimed]:
+        """Atomically assign up to `limit` waiting executions this node can run."""
+        if limit <= 0 or not node.engines:
+            return []
+        now = now_ns()
+        prior = aliased(ExecutionRecord)
+        tried_here = (
+            exists()
+            .where(col(prior.job_id) == ExecutionRecord.job_id)
+            .where(col(prior.partition_index) == ExecutionRecord.partition_index)
+            .where(col(prior.node_id) == node.id)
+        )
+        waiting = (
+            select(ExecutionRecord.id)
+            .where(
+                col(ExecutionRecord.compute_state) == ExecutionState.NEW,
+                col(ExecutionRecord.desired_state) == DesiredState.RUNNING,
+                col(ExecutionRecord.engine).in_(node.engines),
+                ~tried_here,
+            )
+            .order_by(col(ExecutionRecord.create_time), col(ExecutionRecord.partition_index))
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=ExecutionRecord)
+        )
+        with self._tx() as session:
+            claimed_ids = session.execute(
+                update(ExecutionRecord)
+                .where(col(ExecutionRecord.id).in_(waiting.scalar_subquery()))
+                .where(col(ExecutionRecord.compute_state) == ExecutionState.NEW)
+                .values(
+                    node_id=node.id,
+                    compute_state=ExecutionState.BID_ACCEPTED,
+                    lease_expires=now + self.lease_ns,
+                    modify_time=now,
+                    revision=ExecutionRecord.revision + 1,
+                )
+                .returning(col(ExecutionRecord.id))
+            ).scalars().all()
+            if not claimed_ids:
+                return []
+            executions = session.exec(select(ExecutionRecord).where(col(ExecutionRecord.id).in_(claimed_ids))).all()
+            job_ids = {execution.job_id for execution in executions}
+            jobs = {job.id: job for job in session.exec(select(JobRecord).where(col(JobRecord.id).in_(job_ids)))}
+            session.execute(
+                update(JobRecord)
+                .where(col(JobRecord.id).in_(job_ids), col(JobRecord.state).in_([JobState.PENDING, JobState.QUEUED]))
+                .values(state=JobState.RUNNING, modify_time=now, revision=JobRecord.revision + 1)
+            )
+        return [Claimed(execution, jobs[execution.job_id]) for execution in executions]
+
+    def _assigned(self, session: Session, node_id: str, execution_id: str) -> ExecutionRecord:
+        execution = session.get(ExecutionRecord, execution_id)
+        if execution is None or execution.node_id != node_id:
+            raise NotFound(f"execution {execution_id} is not assigned to this node")
+        if execution.compute_state not in ACTIVE_EXECUTION_STATES:
+            raise Conflict(f"execution {execution_id} is {execution.compute_state}: it may not be updated")
+        return execution
+
+    def update_status(self, node_id: str, execution_id: str, state: ExecutionState, message: str = "") -> None:
+        """An agent says an execution it holds is Running or Publishing; the lease is renewed."""
+        now = now_ns()
+        with self._tx() as session:
+            execution = self._assigned(session, node_id, execution_id)
+            execution.compute_state = state
+            execution.state_message = message
+            execution.lease_expires = now + self.lease_ns
+            self._touch(session, execution, now)
+
+    def begin_publish(self, node_id: str, execution_id: str, size: int, sha256: str, prefix: str) -> str:
+        """Record the size and digest an agent will upload; returns the object key it may write."""
+        now = now_ns()
+        with self._tx() as session:
+            execution = self._assigned(session, node_id, execution_id)
+            key = f"{prefix.strip('/')}/{execution.job_id}/{execution.id}.tar.gz".lstrip("/")
+            execution.compute_state = ExecutionState.PUBLISHING
+            execution.upload_size, execution.upload_sha256 = size, sha256
+            execution.result_key = key
+            execution.lease_expires = now + self.lease_ns
+            self._touch(session, execution, now)
+        return key
+
+    def upload_of(self, node_id: str, execution_id: str) -> ExecutionRecord:
+        """The execution as the agent left it before completion (for checking its upload)."""
+        with self._tx() as session:
+            return self._assigned(session, node_id, execution_id)
+
+    def complete(self, node_id: str, execution_id: str, outcome: RunOutcome, published: bool) -> None:
+        """The task ran (whatever its exit code) and its results, if any, are verified in the object store."""
+        now = now_ns()
+        with self._tx() as session:
+            execution = self._assigned(session, node_id, execution_id)
+            execution.compute_state = ExecutionState.COMPLETED
+            execution.state_message = ""
+            execution.exit_code = outcome.exit_code
+            execution.stdout, execution.stdout_truncated = _capped(outcome.stdout, outcome.stdout_truncated)
+            execution.stderr, execution.stderr_truncated = _capped(outcome.stderr, outcome.stderr_truncated)
+            if published:
+                execution.result_size, execution.result_sha256 = execution.upload_size, execution.upload_sha256
+            else:
+                execution.result_key = None
+            execution.lease_expires = None
+            self._touch(session, execution, now)
+            self._settle_job(session, execution.job_id, now)
+
+    def fail(self, node_id: str, execution_id: str, message: str) -> bool:
+        """A system error ended the execution; returns True when it was rescheduled."""
+        now = now_ns()
+        with self._tx() as session:
+            execution = self._assigned(session, node_id, execution_id)
+            return self._fail(session, execution, message, now)
+
+    def _fail(self, session: Session, execution: ExecutionRecord, message: str, now: int) -> bool:
+        execution.compute_state = ExecutionState.FAILED
+        execution.state_message = message[:4096]
+        execution.lease_expires = None
+        self._touch(session, execution, now)
+        job = session.get(JobRecord, execution.job_id)
+        if job is None or JobState(job.state).terminal:
+            return False
+        if execution.attempt < self.max_attempts:
+            retry = self._new_execution(job, execution.engine, execution.partition_index,
+                                        attempt=execution.attempt + 1, now=now)
+            session.add(retry)
+            return True
+        self._end_job(
+            session, job, JobState.FAILED,
+            f"Job failed because it has been retried too many times ({execution.attempt} attempts): {message}",
+            now,
+        )
+        return False
+
+    def _settle_job(self, session: Session, job_id: str, now: int) -> None:
+        job = session.get(JobRecord, job_id)
+        if job is None or JobState(job.state).terminal:
+            return
+        done = session.execute(
+            select(func.count(func.distinct(ExecutionRecord.partition_index))).where(
+                col(ExecutionRecord.job_id) == job_id,
+                col(ExecutionRecord.job_version) == job.version,
+                col(ExecutionRecord.compute_state) == ExecutionState.COMPLETED,
+            )
+        ).scalar_one()
+        if done >= job.count:
+            self._end_job(session, job, JobState.COMPLETED, "", now)
+
+    def _end_job(self, session: Session, job: JobRecord, state: JobState, message: str, now: int) -> None:
+        job.state, job.state_message = state, message
+        job.modify_time, job.revision = now, job.revision + 1
+        session.add(job)
+        session.execute(
+            update(ExecutionRecord)
+            .where(col(ExecutionRecord.job_id) == job.id, col(ExecutionRecord.compute_state).in_(
+                [ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]))
+            .values(desired_state=DesiredState.STOPPED, modify_time=now)
+        )
+        session.execute(
+            update(ExecutionRecord)
+            .where(col(ExecutionRecord.job_id) == job.id, col(ExecutionRecord.compute_state) == ExecutionState.NEW)
+            .values(compute_state=ExecutionState.CANCELLED, state_message=f"job is {state}")
+        )
+
+    @staticmethod
+    def _touch(session: Session, execution: ExecutionRecord, now: int) -> None:
+        execution.modify_time = now
+        execution.revision += 1
+        session.add(execution)
+
+    # -- housekeeping -----------------------------------------------------------------------------------
+
+    def expire_leases(self) -> int:
+        """Fail executions whose agent stopped renewing their lease; returns how many were rescheduled."""
+        now = now_ns()
+        rescheduled = 0
+        with self._tx() as session:
+            expired = session.exec(
+                select(ExecutionRecord)
+                .where(
+                    col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
+                    col(ExecutionRecord.lease_expires) < now,
+                )
+                .with_for_update(skip_locked=True)
+            ).all()
+            for execution in expired:
+                message = f"lease expired: node {execution.node_id} stopped reporting on this execution"
+                rescheduled += self._fail(session, execution, message, now)
+        return rescheduled
+
+    def disconnect_silent_nodes(self, silence_seconds: float) -> int:
+        cutoff = now_ns() - int(silence_seconds * 1e9)
+        with self._tx() as session:
+            result = session.execute(
+                update(NodeRecord)
+                .where(col(NodeRecord.connection) == NodeConnection.CONNECTED, col(NodeRecord.last_heartbeat) < cutoff)
+                .values(connection=NodeConnection.DISCONNECTED)
+            )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    def stopped_among(self, node_id: str, running: Sequence[str]) -> list[str]:
+        """Which of the executions an agent runs it should stop: stopped, ended, or no longer its own."""
+        if not running:
+            return []
+        with self._tx() as session:
+            keep = session.exec(
+                select(ExecutionRecord.id).where(
+                    col(ExecutionRecord.id).in_(list(running)),
+                    col(ExecutionRecord.node_id) == node_id,
+                    col(ExecutionRecord.desired_state) != DesiredState.STOPPED,
+                    col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
+                )
+            ).all()
+        return sorted(set(running) - set(keep))
+
+
+def _apply_info(node: NodeRecord, info: NodeInfo) -> None:
+    node.name = info.name or node.name
+    node.labels = dict(info.labels or {})
+    node.engines = sorted(set(info.engines))
+    node.publishers = sorted(set(info.publishers))
+    node.capacity = dict(info.capacity or {})
+    node.version = info.version or node.version
+
+
+def _capped(text: str, truncated: bool) -> tuple[str, bool]:
+    if len(text) > OUTPUT_CAP:
+        return text[:OUTPUT_CAP], True
+    return text, truncated

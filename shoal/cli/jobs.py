@@ -1,0 +1,134 @@
+"""`shoal job run|describe|list|executions|get`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shoal.cli.output import api_options, client, dump, output_option, short, table, when
+from shoal.cli.submit import submit_and_report
+from shoal.errors import SpecError
+from shoal.results import download_results
+from shoal.spec import load_document
+
+
+@click.group()
+def job() -> None:
+    """Submit and inspect jobs."""
+
+
+@job.command("run")
+@click.argument("file", type=click.File("rb"), default="-")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--wait-timeout-secs", default=600, show_default=True)
+@click.option("--id-only", is_flag=True, help="Print only the job ID.")
+@click.option("--dry-run", is_flag=True, help="Print the spec instead of submitting it.")
+@api_options
+def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, dry_run: bool, api_url: str) -> None:
+    """Submit a job spec (JSON or YAML; `-` or nothing reads stdin)."""
+    spec = load_document(file.read())
+    if not isinstance(spec, dict):
+        raise SpecError("", "the file must hold one job spec mapping")
+    with client(api_url) as api:
+        submit_and_report(api, spec, wait=wait, id_only=id_only, wait_timeout=wait_timeout_secs, dry_run=dry_run)
+
+
+@job.command()
+@click.argument("ref")
+@click.option("--namespace", default="", help="Namespace (default: default).")
+@output_option("table")
+@api_options
+def describe(ref: str, namespace: str, output_format: str, api_url: str) -> None:
+    """Show a job (by ID, ID prefix or name) and its executions."""
+    with client(api_url) as api:
+        reply = api.job(ref, include="executions", namespace=namespace)
+    if output_format != "table":
+        dump(reply, output_format)
+        return
+    spec, executions = reply["Job"], reply.get("Executions", {}).get("Items", [])
+    state = spec["State"]
+    fields = [
+        ("ID", spec["ID"]), ("Name", spec["Name"]), ("Namespace", spec["Namespace"]), ("Type", spec["Type"]),
+        ("State", state["StateType"] + (f" ({state['Message']})" if state["Message"] else "")),
+        ("Count", spec["Count"]), ("Version", spec["Version"]), ("Created", when(spec["CreateTime"])),
+        ("Engine", spec["Tasks"][0]["Engine"]["Type"]),
+    ]
+    for label, value in fields:
+        click.echo(f"{label:<10} {value}")
+    click.echo("\nExecutions")
+    table(
+        ["ID", "NODE", "PARTITION", "ATTEMPT", "STATE", "EXIT", "MESSAGE"],
+        [[short(e["ID"]), short(e["NodeID"]), e["PartitionIndex"], e["Attempt"], e["ComputeState"]["StateType"],
+          "" if e["RunOutput"] is None else e["RunOutput"]["ExitCode"], e["ComputeState"]["Message"][:60]]
+         for e in executions],
+    )
+    for execution in executions:
+        output = execution.get("RunOutput")
+        if output and output["Stdout"]:
+            click.echo(f"\nStandard output (partition {execution['PartitionIndex']})\n{output['Stdout'].rstrip()}")
+
+
+@job.command("list")
+@click.option("--namespace", default="default", show_default=True, help="`*` lists every namespace.")
+@click.option("--limit", default=10, show_default=True)
+@click.option("--next-token", default="")
+@click.option("--state", default="", help="Only jobs in this state.")
+@click.option("--order-by", type=click.Choice(["created_at", "id"]), default="created_at", show_default=True)
+@click.option("--order-reversed", is_flag=True)
+@output_option("table")
+@api_options
+def list_jobs(namespace: str, limit: int, next_token: str, state: str, order_by: str, order_reversed: bool,
+              output_format: str, api_url: str) -> None:
+    """List jobs, newest first."""
+    with client(api_url) as api:
+        reply = api.jobs(limit=limit, next_token=next_token, namespace=namespace, state=state, order_by=order_by,
+                         reverse="true" if order_reversed else "")
+    if output_format != "table":
+        dump(reply, output_format)
+        return
+    table(["CREATED", "ID", "NAME", "TYPE", "STATE"],
+          [[when(j["CreateTime"]), short(j["ID"]), j["Name"][:40], j["Type"], j["State"]["StateType"]]
+           for j in reply["Items"]])
+    if reply.get("NextToken"):
+        click.echo(f"\nMore: shoal job list --next-token {reply['NextToken']}")
+
+
+@job.command()
+@click.argument("ref")
+@click.option("--namespace", default="")
+@output_option("table")
+@api_options
+def executions(ref: str, namespace: str, output_format: str, api_url: str) -> None:
+    """List a job's executions."""
+    with client(api_url) as api:
+        items = api.executions(ref, namespace=namespace)
+    if output_format != "table":
+        dump({"Items": items}, output_format)
+        return
+    table(["CREATED", "ID", "NODE", "PARTITION", "STATE", "EXIT"],
+          [[when(e["CreateTime"]), short(e["ID"]), short(e["NodeID"]), e["PartitionIndex"],
+            e["ComputeState"]["StateType"], "" if e["RunOutput"] is None else e["RunOutput"]["ExitCode"]]
+           for e in items])
+
+
+@job.command()
+@click.argument("ref")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the results (default ./job-<id>).")
+@click.option("--raw", is_flag=True, help="Keep each execution's files apart in raw/<executionID>/.")
+@click.option("--namespace", default="")
+@click.option("--download-timeout-secs", default=300, show_default=True)
+@api_options
+def get(ref: str, output_dir: Path | None, raw: bool, namespace: str, download_timeout_secs: int,
+        api_url: str) -> None:
+    """Download a job's results through their presigned URLs and lay them out like `bacalhau job get`."""
+    with client(api_url) as api:
+        job_id = api.job(ref, namespace=namespace)["Job"]["ID"]
+        items = api.results(job_id, namespace=namespace)
+    out = output_dir or Path(f"job-{short(job_id)}")
+    download_results(items, out, raw=raw, timeout=download_timeout_secs)
+    click.echo(f"Results for job '{short(job_id)}' have been written to...\n{out}")
+    sys.stdout.flush()

@@ -1,0 +1,205 @@
+"""`shoal docker run` and `shoal wasm run`: a job spec built from flags, submitted, and (by default) waited on."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import click
+import yaml
+
+from shoal.cli.output import api_options, client, short
+from shoal.client import Client
+from shoal.errors import ShoalError
+
+DEFAULT_INPUT_TARGET = "/inputs"
+
+
+def job_options(func: Any) -> Any:
+    """The flags `docker run` and `wasm run` share with Bacalhau's."""
+    options = [
+        click.option("--name", default="", help="Job name (default: the job ID)."),
+        click.option("--namespace", default="default", show_default=True),
+        click.option("--count", default=1, show_default=True, help="Number of partitions."),
+        click.option("-l", "--labels", multiple=True, metavar="K=V", help="Job labels (repeatable)."),
+        click.option("-e", "--env", multiple=True, metavar="K=V", help="Task environment variable (repeatable)."),
+        click.option("-i", "--input", "inputs", multiple=True, metavar="SRC[:TARGET]",
+                     help="An input: an http(s) URL (downloaded into TARGET, default /inputs) or a local file "
+                          "(sent inline, placed at TARGET, default /inputs/<name>). Also src=…,dst=… form."),
+        click.option("-o", "--output", "outputs", multiple=True, metavar="NAME:PATH",
+                     help="A result folder to publish, e.g. outputs:/outputs (repeatable)."),
+        click.option("-p", "--publisher", default="s3managed", show_default=True,
+                     type=click.Choice(["s3managed", "noop"])),
+        click.option("--cpu", default="", help="CPU, e.g. 500m or 2."),
+        click.option("--memory", default="", help="Memory, e.g. 512Mb or 2Gb."),
+        click.option("--timeout", default=0, help="Execution timeout in seconds (0: none)."),
+        click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job to finish."),
+        click.option("--wait-timeout-secs", default=600, show_default=True),
+        click.option("--id-only", is_flag=True, help="Print only the job ID."),
+        click.option("--dry-run", is_flag=True, help="Print the job spec instead of submitting it."),
+        api_options,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
+    result = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} must be KEY=VALUE", param_hint=flag)
+        result[key] = item
+    return result
+
+
+def parse_input(value: str) -> dict[str, Any]:
+    """An InputSource from `-i`: `URI[:TARGET]` or `src=URI,dst=TARGET`."""
+    if "src=" in value or "source=" in value:
+        parts = _pairs(tuple(value.split(",")), "--input")
+        source = parts.get("src") or parts.get("source") or ""
+        target = parts.get("dst") or parts.get("target") or parts.get("destination") or ""
+    else:
+        source, target = split_target(value)
+    if source.startswith(("http://", "https://")):
+        return {"Source": {"Type": "urlDownload", "Params": {"URL": source}}, "Target": target or DEFAULT_INPUT_TARGET,
+                "Alias": source}
+    path = Path(source).expanduser()
+    if "://" not in source and path.is_file():
+        return {"Source": {"Type": "inline", "Params": {"URL": data_url(path)}},
+                "Target": target or f"{DEFAULT_INPUT_TARGET}/{path.name}", "Alias": path.name}
+    raise click.BadParameter(f"{source!r} is neither an http(s) URL nor a local file", param_hint="--input")
+
+
+def split_target(value: str) -> tuple[str, str]:
+    """`SOURCE:/target` → (SOURCE, /target); a URL's own `://` is not a target."""
+    head, sep, tail = value.rpartition(":")
+    if sep and head and tail.startswith("/") and not tail.startswith("//"):
+        return head, tail
+    return value, ""
+
+
+def data_url(path: Path) -> str:
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def build_job(engine: dict[str, Any], sources: list[dict[str, Any]], **opts: Any) -> dict[str, Any]:
+    outputs = []
+    for value in opts["outputs"]:
+        name, sep, path = value.partition(":")
+        if not sep:
+            raise click.BadParameter(f"{value!r} must be NAME:PATH", param_hint="--output")
+        outputs.append({"Name": name, "Path": path})
+    task: dict[str, Any] = {
+        "Name": "main",
+        "Engine": engine,
+        "Publisher": {"Type": opts["publisher"]},
+        "Env": _pairs(opts["env"], "--env"),
+        "InputSources": sources,
+        "ResultPaths": outputs,
+        "Resources": {"CPU": opts["cpu"], "Memory": opts["memory"]},
+        "Timeouts": {"ExecutionTimeout": opts["timeout"]},
+    }
+    job = {"Type": "batch", "Namespace": opts["namespace"], "Count": opts["count"],
+           "Labels": _pairs(opts["labels"], "--labels"), "Tasks": [task]}
+    if opts["name"]:
+        job["Name"] = opts["name"]
+    return job
+
+
+def submit_and_report(api: Client, job: dict[str, Any], *, wait: bool, id_only: bool, wait_timeout: float,
+                      dry_run: bool = False) -> None:
+    """Submit, then wait and summarise like `bacalhau job run`; a Failed job exits 1."""
+    if dry_run:
+        click.echo(yaml.safe_dump(job, sort_keys=False).rstrip())
+        return
+    reply = api.submit(job)
+    job_id = reply["JobID"]
+    if id_only:
+        click.echo(job_id)
+    else:
+        for warning in reply.get("Warnings") or []:
+            click.echo(f"Warning: {warning}", err=True)
+        click.echo(f"Job successfully submitted. Job ID: {job_id}")
+    if not wait:
+        return
+    if not id_only:
+        click.echo("Checking job status... (Ctrl-C stops waiting; the job keeps running)")
+    final = api.wait(job_id, timeout=wait_timeout)
+    state = final["State"]
+    if id_only:
+        _exit_on_failure(state)
+        return
+    click.echo(f"Job {short(job_id)} {state['StateType']}" + (f": {state['Message']}" if state["Message"] else ""))
+    for execution in api.executions(job_id):
+        output = execution.get("RunOutput")
+        if output and execution["ComputeState"]["StateType"] == "Completed":
+            label = f"partition {execution['PartitionIndex']}, exit code {output['ExitCode']}"
+            click.echo(f"--- stdout ({label}) ---\n{output['Stdout'].rstrip()}")
+            if output.get("stderr"):
+                click.echo(f"--- stderr ---\n{output['stderr'].rstrip()}")
+    click.echo(f"\nTo get more details about the run:\n\tshoal job describe {short(job_id)}")
+    click.echo(f"To download the results:\n\tshoal job get {short(job_id)}")
+    _exit_on_failure(state)
+
+
+def _exit_on_failure(state: dict[str, Any]) -> None:
+    if state["StateType"] != "Completed":
+        click.echo(f"Error: job {state['StateType'].lower()}: {state['Message']}", err=True)
+        sys.exit(1)
+
+
+@click.group()
+def docker() -> None:
+    """Run Docker jobs."""
+
+
+@docker.command("run", context_settings={"ignore_unknown_options": False})
+@job_options
+@click.option("--entrypoint", multiple=True, help="Override the image's entrypoint (repeatable for each word).")
+@click.option("-w", "--workdir", default="", help="Working directory inside the container.")
+@click.argument("image")
+@click.argument("command", nargs=-1)
+def docker_run(image: str, command: tuple[str, ...], entrypoint: tuple[str, ...], workdir: str, api_url: str,
+               **opts: Any) -> None:
+    """Run IMAGE with COMMAND (after --), e.g. `shoal docker run busybox -- echo hello`."""
+    engine = {"Type": "docker", "Params": {"Image": image, "Entrypoint": list(entrypoint),
+                                           "Parameters": list(command), "WorkingDirectory": workdir}}
+    job = build_job(engine, [parse_input(value) for value in opts["inputs"]], **opts)
+    with client(api_url) as api:
+        submit_and_report(api, job, wait=opts["wait"], id_only=opts["id_only"],
+                          wait_timeout=opts["wait_timeout_secs"], dry_run=opts["dry_run"])
+
+
+@click.group()
+def wasm() -> None:
+    """Run WebAssembly (WASI) jobs."""
+
+
+@wasm.command("run")
+@job_options
+@click.option("--entry-point", default="_start", show_default=True, help="The exported function to call.")
+@click.argument("module")
+@click.argument("args", nargs=-1)
+def wasm_run(module: str, args: tuple[str, ...], entry_point: str, api_url: str, **opts: Any) -> None:
+    """Run MODULE (a local .wasm file, sent inline, or an http(s) URL) with ARGS."""
+    source, target = split_target(module)
+    if source.startswith(("http://", "https://")):
+        entry = {"Source": {"Type": "urlDownload", "Params": {"URL": source}}, "Target": target or "/app"}
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ShoalError(f"{source}: no such WASM module file")
+        entry = {"Source": {"Type": "inline", "Params": {"URL": data_url(path)}},
+                 "Target": target or str(PurePosixPath("/app") / path.name)}
+    engine = {"Type": "wasm", "Params": {"EntryModule": entry["Target"], "Entrypoint": entry_point,
+                                         "Parameters": list(args)}}
+    job = build_job(engine, [entry] + [parse_input(value) for value in opts["inputs"]], **opts)
+    with client(api_url) as api:
+        submit_and_report(api, job, wait=opts["wait"], id_only=opts["id_only"],
+                          wait_timeout=opts["wait_timeout_secs"], dry_run=opts["dry_run"])

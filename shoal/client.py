@@ -1,0 +1,107 @@
+"""The HTTP client for Shoal's user API (Bacalhau's orchestrator API v1)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from shoal.errors import APIError, ConnectError, NotFoundError, ShoalError
+
+DEFAULT_API_URL = "http://127.0.0.1:1234"
+TERMINAL_STATES = ("Completed", "Failed", "Stopped")
+_JOBS = "/api/v1/orchestrator/jobs"
+
+
+def api_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("SHOAL_API_URL") or DEFAULT_API_URL
+
+
+class Client:
+    """A blocking client; `api_url` is the gateway's base URL, e.g. `http://127.0.0.1:1234`."""
+
+    def __init__(self, api_url: str = DEFAULT_API_URL, *, timeout: float = 30.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.api_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ConnectError(f"cannot reach the gateway at {self.api_url}: {exc}") from exc
+        if response.is_error:
+            raise _api_error(response)
+        return response.json() if response.content else {}
+
+    # -- jobs -------------------------------------------------------------------------------------------
+
+    def submit(self, job: Mapping[str, Any], *, force: bool = False) -> dict[str, Any]:
+        """Submit a job spec; returns `{JobID, EvaluationID, Warnings}`."""
+        result: dict[str, Any] = self.request("PUT", _JOBS, json={"Job": dict(job), "Force": force})
+        return result
+
+    def job(self, ref: str, *, include: str = "", namespace: str = "") -> dict[str, Any]:
+        params = {k: v for k, v in {"include": include, "namespace": namespace}.items() if v}
+        result: dict[str, Any] = self.request("GET", f"{_JOBS}/{ref}", params=params)
+        return result
+
+    def jobs(self, *, limit: int = 10, next_token: str = "", **filters: Any) -> dict[str, Any]:
+        params = {"limit": limit, "next_token": next_token, **filters}
+        result: dict[str, Any] = self.request("GET", _JOBS, params={k: v for k, v in params.items() if v != ""})
+        return result
+
+    def executions(self, ref: str, *, namespace: str = "") -> list[dict[str, Any]]:
+        params = {"namespace": namespace} if namespace else {}
+        items: list[dict[str, Any]] = self.request("GET", f"{_JOBS}/{ref}/executions", params=params)["Items"]
+        return items
+
+    def results(self, ref: str, *, namespace: str = "") -> list[dict[str, Any]]:
+        params = {"namespace": namespace} if namespace else {}
+        items: list[dict[str, Any]] = self.request("GET", f"{_JOBS}/{ref}/results", params=params)["Items"]
+        return items
+
+    def wait(self, ref: str, *, timeout: float = 600.0, interval: float = 0.25, namespace: str = "") -> dict[str, Any]:
+        """Poll until the job is Completed, Failed or Stopped; returns the job."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job: dict[str, Any] = self.job(ref, namespace=namespace)["Job"]
+            if job["State"]["StateType"] in TERMINAL_STATES:
+                return job
+            if time.monotonic() > deadline:
+                raise ShoalError(f"job {job['ID']} is still {job['State']['StateType']} after {timeout:.0f}s")
+            time.sleep(interval)
+
+    # -- agent ------------------------------------------------------------------------------------------
+
+    def alive(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/api/v1/agent/alive")
+        return result
+
+    def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/api/v1/agent/version")
+        return result
+
+
+def _api_error(response: httpx.Response) -> APIError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    message = str(body.get("Message") or response.text or response.reason_phrase)
+    kind = NotFoundError if response.status_code == 404 else APIError
+    return kind(response.status_code, message, str(body.get("Code", "")), str(body.get("Hint", "")))

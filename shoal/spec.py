@@ -1,0 +1,375 @@
+"""The job spec: Bacalhau's `models.Job`, read from JSON or YAML with keys matched case-insensitively.
+
+`parse_job` turns a mapping into a validated `Job` whose `wire()` form is PascalCase, as Bacalhau writes it.
+Every problem is a `SpecError` naming the field, e.g. `Tasks[0].Engine.Params.Image: field required`.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from shoal.errors import SpecError
+from shoal.resources import parse_bytes, parse_cpu
+
+
+class JobType(StrEnum):
+    BATCH = "batch"
+    OPS = "ops"
+    DAEMON = "daemon"
+    SERVICE = "service"
+
+
+class EngineType(StrEnum):
+    DOCKER = "docker"
+    WASM = "wasm"
+
+
+class PublisherType(StrEnum):
+    S3MANAGED = "s3managed"
+    NOOP = "noop"
+
+
+class SourceType(StrEnum):
+    URL_DOWNLOAD = "urlDownload"
+    INLINE = "inline"
+
+
+SUPPORTED_JOB_TYPES = (JobType.BATCH,)
+RESERVED_ENV_PREFIXES = ("SHOAL_", "BACALHAU_")
+MAX_INLINE_BYTES = 1 << 20
+_ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+class SpecModel(BaseModel):
+    """A spec object: keys matched to field names regardless of case, unknown keys ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        names = {name.lower(): name for name in cls.model_fields}
+        return {names.get(str(key).lower(), key): value for key, value in data.items()}
+
+
+M = TypeVar("M", bound=SpecModel)
+
+
+class SpecConfig(SpecModel):
+    Type: str
+    Params: dict[str, Any] = {}
+
+    def is_type(self, name: str) -> bool:
+        return self.Type.strip().lower() == name.lower()
+
+
+class InputSource(SpecModel):
+    Source: SpecConfig
+    Alias: str = ""
+    Target: str
+
+
+class ResultPath(SpecModel):
+    Name: str
+    Path: str
+
+
+class ResourcesConfig(SpecModel):
+    CPU: str = ""
+    Memory: str = ""
+    Disk: str = ""
+    GPU: str = ""
+
+
+class NetworkConfig(SpecModel):
+    Type: str = "None"
+    Domains: list[str] = []
+
+
+class TimeoutConfig(SpecModel):
+    ExecutionTimeout: int = 0
+    QueueTimeout: int = 0
+    TotalTimeout: int = 0
+
+
+class Task(SpecModel):
+    Name: str = "main"
+    Engine: SpecConfig
+    Publisher: SpecConfig | None = None
+    Env: dict[str, str] = {}
+    Meta: dict[str, str] = {}
+    InputSources: list[InputSource] = []
+    ResultPaths: list[ResultPath] = []
+    Resources: ResourcesConfig = ResourcesConfig()
+    Network: NetworkConfig = NetworkConfig()
+    Timeouts: TimeoutConfig = TimeoutConfig()
+
+
+class Constraint(SpecModel):
+    Key: str
+    Operator: str
+    Values: list[str] = []
+
+
+class DockerParams(SpecModel):
+    Image: str
+    Entrypoint: list[str] = []
+    Parameters: list[str] = []
+    EnvironmentVariables: list[str] = []
+    WorkingDirectory: str = ""
+
+
+class WasmParams(SpecModel):
+    EntryModule: str
+    Entrypoint: str = "_start"
+    Parameters: list[str] = []
+    ImportModules: list[str] = []
+
+
+class Job(SpecModel):
+    Name: str = ""
+    Namespace: str = "default"
+    Type: str = JobType.BATCH
+    Priority: int = 0
+    Count: int | None = None
+    Constraints: list[Constraint] = []
+    Labels: dict[str, str] = {}
+    Meta: dict[str, str] = {}
+    Tasks: list[Task]
+
+    @property
+    def task(self) -> Task:
+        return self.Tasks[0]
+
+    def wire(self) -> dict[str, Any]:
+        """The spec as Bacalhau writes it: PascalCase keys, defaults filled in."""
+        return self.model_dump(mode="json")
+
+
+def load_document(text: str | bytes) -> Any:
+    """Read a JSON or YAML document (JSON is YAML); a syntax error is a `SpecError`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError("", f"the spec is not valid JSON or YAML: {exc}") from exc
+
+
+def parse_job(data: Any) -> tuple[Job, list[str]]:
+    """Validate a job spec mapping; returns the job (defaults filled in) and submission warnings."""
+    if not isinstance(data, dict):
+        raise SpecError("", "the spec must be a mapping with Type and Tasks")
+    data = dict(data)
+    warnings = []
+    for ignored in ("ID", "State", "Version", "Revision", "CreateTime", "ModifyTime"):
+        for key in [k for k in data if str(k).lower() == ignored.lower()]:
+            del data[key]
+            warnings.append(f"{ignored} is set by the server and was ignored")
+    job = _build(Job, data, "")
+    _check_job(job)
+    return job, warnings
+
+
+def _build(model: type[M], data: Any, prefix: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise SpecError(_field_path(prefix, error["loc"]), error["msg"].lower()) from None
+
+
+def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _check_job(job: Job) -> None:
+    job.Type = job.Type.strip().lower()
+    if job.Type not in {t.value for t in JobType}:
+        raise SpecError("Type", f"must be one of {', '.join(t.value for t in JobType)}, not {job.Type!r}")
+    if job.Type not in SUPPORTED_JOB_TYPES:
+        raise SpecError("Type", f"{job.Type} jobs are not supported yet; use batch")
+    if job.Count is None:
+        job.Count = 1
+    if job.Count < 0:
+        raise SpecError("Count", "must be zero or more")
+    if not job.Namespace:
+        job.Namespace = "default"
+    if len(job.Tasks) != 1:
+        raise SpecError("Tasks", f"exactly one task is supported, got {len(job.Tasks)}")
+    for index, constraint in enumerate(job.Constraints):
+        _check_constraint(constraint, f"Constraints[{index}]")
+    _check_task(job.task, "Tasks[0]")
+
+
+_OPERATORS = {"=", "==", "!=", "in", "notin", "exists", "!", "gt", "lt"}
+
+
+def _check_constraint(constraint: Constraint, field: str) -> None:
+    op = constraint.Operator.strip().lower()
+    if op not in _OPERATORS:
+        raise SpecError(f"{field}.Operator", f"must be one of {' '.join(sorted(_OPERATORS))}")
+    wanted = {"in": "at least one", "notin": "at least one", "exists": "no", "!": "no"}.get(op, "exactly one")
+    count = len(constraint.Values)
+    ok = {"at least one": count >= 1, "no": count == 0, "exactly one": count == 1}[wanted]
+    if not ok:
+        raise SpecError(f"{field}.Values", f"operator {op!r} takes {wanted} value")
+    constraint.Operator = op
+
+
+def _check_task(task: Task, field: str) -> None:
+    if not task.Name.strip():
+        raise SpecError(f"{field}.Name", "must not be empty")
+    _check_env(task.Env, f"{field}.Env")
+    _check_inputs(task, field)
+    _check_results(task, field)
+    _check_engine(task, field)
+    _check_publisher(task, field)
+    _check_resources(task.Resources, f"{field}.Resources")
+    for name in ("ExecutionTimeout", "QueueTimeout", "TotalTimeout"):
+        if getattr(task.Timeouts, name) < 0:
+            raise SpecError(f"{field}.Timeouts.{name}", "must be zero or more seconds")
+    total = task.Timeouts.TotalTimeout
+    if total and task.Timeouts.ExecutionTimeout + task.Timeouts.QueueTimeout > total:
+        raise SpecError(f"{field}.Timeouts.TotalTimeout", "must be at least ExecutionTimeout + QueueTimeout")
+    if task.Network.Type.strip().lower() not in {"none", "default", ""}:
+        raise SpecError(f"{field}.Network.Type", "only None is supported: tasks run without a network")
+
+
+def _check_env_key(key: str, field: str) -> None:
+    if not _ENV_KEY.match(key):
+        raise SpecError(field, f"{key!r} must be uppercase letters, digits and _, starting with a letter")
+    if key.startswith(RESERVED_ENV_PREFIXES):
+        raise SpecError(field, f"{key!r} uses a reserved prefix ({', '.join(RESERVED_ENV_PREFIXES)})")
+
+
+def _check_env(env: dict[str, str], field: str) -> None:
+    for key, value in env.items():
+        _check_env_key(key, f"{field}.{key}")
+        if value == "":
+            raise SpecError(f"{field}.{key}", "must not be empty")
+
+
+def _check_inputs(task: Task, field: str) -> None:
+    targets: set[str] = set()
+    for index, source in enumerate(task.InputSources):
+        where = f"{field}.InputSources[{index}]"
+        _check_abs_path(source.Target, f"{where}.Target")
+        if source.Target in targets:
+            raise SpecError(f"{where}.Target", f"{source.Target} is used by another input")
+        targets.add(source.Target)
+        _check_source(source.Source, f"{where}.Source")
+
+
+def _check_source(source: SpecConfig, field: str) -> None:
+    kind = next((t for t in SourceType if source.is_type(t)), None)
+    if kind is None:
+        raise SpecError(f"{field}.Type", f"must be one of {', '.join(SourceType)}, not {source.Type!r}")
+    source.Type = kind.value
+    params = {str(k).lower(): v for k, v in source.Params.items()}
+    url = params.get("url")
+    if not isinstance(url, str) or not url:
+        raise SpecError(f"{field}.Params.URL", "field required")
+    scheme = urlparse(url).scheme
+    if kind is SourceType.URL_DOWNLOAD and scheme not in ("http", "https"):
+        raise SpecError(f"{field}.Params.URL", "must be an http or https URL")
+    if kind is SourceType.INLINE:
+        if scheme != "data":
+            raise SpecError(f"{field}.Params.URL", "must be a data: URL")
+        if len(url) > MAX_INLINE_BYTES * 4 // 3 + 256:
+            raise SpecError(f"{field}.Params.URL", f"inline data is limited to {MAX_INLINE_BYTES} bytes")
+    source.Params = {"URL": url}
+
+
+def _check_results(task: Task, field: str) -> None:
+    names: set[str] = set()
+    paths: set[str] = set()
+    for index, result in enumerate(task.ResultPaths):
+        where = f"{field}.ResultPaths[{index}]"
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", result.Name):
+            raise SpecError(f"{where}.Name", "must be letters, digits, '.', '_' or '-'")
+        if result.Name in {"stdout", "stderr", "exitCode"} or result.Name in names:
+            raise SpecError(f"{where}.Name", f"{result.Name!r} is reserved or used twice")
+        _check_abs_path(result.Path, f"{where}.Path")
+        if result.Path in paths:
+            raise SpecError(f"{where}.Path", f"{result.Path} is used twice")
+        names.add(result.Name)
+        paths.add(result.Path)
+
+
+def _check_abs_path(path: str, field: str) -> None:
+    if not path.startswith("/"):
+        raise SpecError(field, "must be an absolute path")
+    if any(part == ".." for part in path.split("/")) or "\0" in path:
+        raise SpecError(field, "must not contain '..' or NUL")
+
+
+def _check_engine(task: Task, field: str) -> None:
+    engine = task.Engine
+    where = f"{field}.Engine"
+    if engine.is_type(EngineType.DOCKER):
+        engine.Type = EngineType.DOCKER
+        docker = _build(DockerParams, engine.Params, f"{where}.Params")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", docker.Image) or len(docker.Image) > 512:
+            raise SpecError(f"{where}.Params.Image", f"{docker.Image!r} is not an image reference")
+        for index, item in enumerate(docker.EnvironmentVariables):
+            key, sep, _ = item.partition("=")
+            if not sep:
+                raise SpecError(f"{where}.Params.EnvironmentVariables[{index}]", "must be KEY=VALUE")
+            _check_env_key(key, f"{where}.Params.EnvironmentVariables[{index}]")
+        if docker.WorkingDirectory:
+            _check_abs_path(docker.WorkingDirectory, f"{where}.Params.WorkingDirectory")
+        engine.Params = docker.model_dump()
+    elif engine.is_type(EngineType.WASM):
+        engine.Type = EngineType.WASM
+        wasm = _build(WasmParams, engine.Params, f"{where}.Params")
+        if wasm.EntryModule not in {source.Target for source in task.InputSources}:
+            raise SpecError(f"{where}.Params.EntryModule", f"{wasm.EntryModule!r} must be the Target of an InputSource")
+        if wasm.ImportModules:
+            raise SpecError(f"{where}.Params.ImportModules", "linking several modules is not supported yet")
+        engine.Params = wasm.model_dump()
+    else:
+        raise SpecError(f"{where}.Type", f"must be docker or wasm, not {engine.Type!r}")
+
+
+def _check_publisher(task: Task, field: str) -> None:
+    if task.Publisher is None or not task.Publisher.Type.strip():
+        task.Publisher = SpecConfig(Type=PublisherType.S3MANAGED)
+        return
+    kind = next((t for t in PublisherType if task.Publisher.is_type(t)), None)
+    if kind is None:
+        raise SpecError(
+            f"{field}.Publisher.Type", f"must be one of {', '.join(PublisherType)}, not {task.Publisher.Type!r}"
+        )
+    task.Publisher = SpecConfig(Type=kind.value)
+    if kind is PublisherType.NOOP and task.ResultPaths:
+        raise SpecError(f"{field}.Publisher.Type", "noop publishes nothing, so ResultPaths would be lost")
+
+
+def _check_resources(resources: ResourcesConfig, field: str) -> None:
+    checks = {"CPU": parse_cpu, "Memory": parse_bytes, "Disk": parse_bytes, "GPU": _parse_gpu}
+    for name, parse in checks.items():
+        value = getattr(resources, name).strip().lower().replace(" ", "")
+        if value:
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise SpecError(f"{field}.{name}", str(exc)) from None
+        setattr(resources, name, value)
+    if resources.GPU not in ("", "0"):
+        raise SpecError(f"{field}.GPU", "GPU tasks are not supported yet")
+
+
+def _parse_gpu(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{text!r} is not a whole number of GPUs")
+    return int(text)
