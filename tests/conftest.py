@@ -1,0 +1,213 @@
+"""Shared fixtures: real gateway and agent processes on loopback ports, a real Docker engine, WASM modules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TEST_IMAGE = "shoal-test/busybox:1"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def shoal_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shoal", *args]
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Gateway:
+    url: str
+    data_dir: Path
+    process: Process
+    env: dict[str, str]
+    http: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def submit(self, job: dict[str, Any]) -> str:
+        response = self.http.put("/api/v1/orchestrator/jobs", json={"Job": job})
+        assert response.status_code == 200, response.text
+        return str(response.json()["JobID"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/api/v1/orchestrator/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json()["Job"])
+
+    def executions(self, job_id: str) -> list[dict[str, Any]]:
+        response = self.http.get(f"/api/v1/orchestrator/jobs/{job_id}/executions")
+        assert response.status_code == 200, response.text
+        return list(response.json()["Items"])
+
+    def wait_for_job(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["State"]["StateType"] in ("Completed", "Failed", "Stopped") else None
+
+        return dict(wait_for(finished, timeout=timeout, what=f"job {job_id} to finish"))
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str]) -> Process:
+    handle = open(log, "wb")  # noqa: SIM115 (kept open for the life of the process)
+    popen = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    return Process(popen, log)
+
+
+FAST_GATEWAY_ENV = {
+    "SHOAL_LEASE_SECONDS": "3",
+    "SHOAL_POLL_SECONDS": "1",
+    "SHOAL_HOUSEKEEPING_SECONDS": "0.2",
+    "SHOAL_DISCONNECT_SECONDS": "5",
+}
+
+
+class Cluster:
+    """Gateway and agent processes under one folder, all stopped by `close()`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.gateways: list[Gateway] = []
+        self.agents: list[Process] = []
+
+    def gateway(self, **settings: str) -> Gateway:
+        """Start `shoal serve` on a free loopback port; keyword arguments become SHOAL_* variables."""
+        index = len(self.gateways)
+        port = free_port()
+        data_dir = self.root / f"gateway-{index}"
+        env = dict(os.environ) | FAST_GATEWAY_ENV | {f"SHOAL_{k.upper()}": str(v) for k, v in settings.items()}
+        process = _spawn(
+            shoal_command("serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)),
+            self.root / f"gateway-{index}.log", env,
+        )
+        gateway = Gateway(f"http://127.0.0.1:{port}", data_dir, process, env)
+        self.gateways.append(gateway)
+
+        def alive() -> bool:
+            if process.popen.poll() is not None:
+                pytest.fail(f"the gateway exited:\n{process.output()}")
+            try:
+                return gateway.http.get("/api/v1/agent/alive").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(alive, timeout=30, what="the gateway to answer")
+        return gateway
+
+    def agent(self, gateway: Gateway, *extra: str) -> Process:
+        """Start `shoal agent` against `gateway` and wait until it has registered."""
+        index = len(self.agents)
+        data_dir = self.root / f"agent-{index}"
+        process = _spawn(
+            shoal_command("agent", "--gateway", gateway.url, "--data-dir", str(data_dir), "--name", f"agent-{index}",
+                          *extra),
+            self.root / f"agent-{index}.log", gateway.env,
+        )
+        self.agents.append(process)
+
+        def registered() -> bool:
+            if process.popen.poll() is not None:
+                pytest.fail(f"the agent exited:\n{process.output()}")
+            return (data_dir / "node.json").exists()
+
+        wait_for(registered, timeout=30, what="the agent to register")
+        return process
+
+    def close(self) -> None:
+        for process in self.agents:
+            process.stop()
+        for gateway in self.gateways:
+            gateway.process.stop()
+            gateway.http.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Processes for one test."""
+    running = Cluster(tmp_path)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def start_gateway(cluster: Cluster) -> Callable[..., Gateway]:
+    return cluster.gateway
+
+
+@pytest.fixture
+def gateway(cluster: Cluster) -> Gateway:
+    return cluster.gateway()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Any:
+    """A Docker client with the test image present; in CI a missing engine fails instead of skipping."""
+    import docker
+    from docker.errors import DockerException, ImageNotFound
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+        client.images.get(TEST_IMAGE)
+    except (DockerException, ImageNotFound) as exc:
+        message = f"Docker engine or {TEST_IMAGE} missing ({exc}); run scripts/docker-up"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return client
+
+
+@pytest.fixture(scope="session")
+def probe_wasm() -> Path:
+    return FIXTURES / "wasm" / "probe.wasm"
