@@ -53,6 +53,10 @@ class Agent:
 
     async def __aenter__(self) -> Agent:
         await self._register()
+        for executor in self.executors.values():
+            reaped = await asyncio.to_thread(executor.reap, self.node_id)
+            if reaped:
+                log.info("removed %d %s leftovers of an earlier run", reaped, executor.name)
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -185,6 +189,7 @@ class Agent:
         resources = spec.get("Resources") or {}
         return TaskRun(
             execution_id=execution_id,
+            node_id=self.node_id,
             engine=spec["Engine"]["Type"],
             params=spec["Engine"].get("Params") or {},
             env=env,

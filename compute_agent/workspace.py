@@ -28,6 +28,7 @@ class TaskRun:
     """Everything an executor needs to run one task; built by the agent from an assignment."""
 
     execution_id: str
+    node_id: str
     engine: str
     params: dict[str, Any]
     env: dict[str, str]

@@ -47,6 +47,7 @@ def shoal_command(*args: str) -> list[str]:
 class Process:
     popen: subprocess.Popen[bytes]
     log: Path
+    data_dir: Path | None = None
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -145,15 +146,17 @@ class Cluster:
         wait_for(alive, timeout=30, what="the gateway to answer")
         return gateway
 
-    def agent(self, gateway: Gateway, *extra: str) -> Process:
-        """Start `shoal agent` against `gateway` and wait until it has registered."""
+    def agent(self, gateway: Gateway, *extra: str, data_dir: Path | None = None) -> Process:
+        """Start `shoal agent` against `gateway` and wait until it has registered; `data_dir` of an
+        earlier agent restarts that node."""
         index = len(self.agents)
-        data_dir = self.root / f"agent-{index}"
+        data_dir = data_dir or self.root / f"agent-{index}"
         process = _spawn(
             shoal_command("agent", "--gateway", gateway.url, "--data-dir", str(data_dir), "--name", f"agent-{index}",
                           *extra),
             self.root / f"agent-{index}.log", gateway.env,
         )
+        process.data_dir = data_dir
         self.agents.append(process)
 
         def registered() -> bool:

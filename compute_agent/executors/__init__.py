@@ -20,6 +20,10 @@ class Executor(Protocol):
 
     def run(self, task: TaskRun, cancel: threading.Event) -> int: ...
 
+    def reap(self, node_id: str) -> int:
+        """Remove what an earlier run of this node left behind; returns how many things were removed."""
+        ...
+
 
 def default_executors() -> dict[str, Executor]:
     from compute_agent.executors.docker import DockerExecutor

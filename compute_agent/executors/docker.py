@@ -11,11 +11,13 @@ from typing import Any
 import docker
 from docker.errors import DockerException, ImageNotFound
 from docker.types import Mount as DockerMount
+from requests.exceptions import RequestException
 
 from compute_agent.errors import ExecutorError, TimeoutExpired
 from compute_agent.workspace import TaskRun
 
 EXECUTION_LABEL = "io.shoal.execution-id"
+NODE_LABEL = "io.shoal.node-id"
 _AVAILABILITY_TTL = 15.0
 
 
@@ -42,6 +44,16 @@ class DockerExecutor:
             except DockerException:
                 self._client, self._available = None, False
         return self._available
+
+    def reap(self, node_id: str) -> int:
+        """Remove containers an earlier run of this node left behind (it was killed before cleaning up)."""
+        if not self.available():
+            return 0
+        leftovers = self._docker().containers.list(all=True, filters={"label": f"{NODE_LABEL}={node_id}"})
+        for container in leftovers:
+            with contextlib.suppress(DockerException):
+                container.remove(force=True)
+        return len(leftovers)
 
     def run(self, task: TaskRun, cancel: threading.Event) -> int:
         params = task.params
@@ -99,7 +111,7 @@ class DockerExecutor:
             "working_dir": params.get("WorkingDirectory") or None,
             "network_mode": "none",
             "mounts": mounts,
-            "labels": {EXECUTION_LABEL: task.execution_id},
+            "labels": {EXECUTION_LABEL: task.execution_id, NODE_LABEL: task.node_id},
             "security_opt": ["no-new-privileges"],
             "cap_drop": ["ALL"],
             "pids_limit": task.pids_limit,
@@ -120,9 +132,9 @@ class DockerExecutor:
             try:
                 result: dict[str, Any] = container.wait(timeout=0.5)
                 return result
-            except Exception as exc:  # the SDK raises the transport's own timeout types
-                if isinstance(exc, DockerException):
-                    raise
+            except RequestException as exc:  # a wait that times out surfaces as the transport's error
+                if "timed out" not in str(exc):
+                    raise ExecutorError(f"lost the Docker engine while the task ran: {exc}") from exc
             if cancel.is_set():
                 container.kill()
                 raise ExecutorError("the execution was cancelled")

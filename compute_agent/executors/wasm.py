@@ -27,6 +27,9 @@ class WasmExecutor:
     def available(self) -> bool:
         return True
 
+    def reap(self, node_id: str) -> int:
+        return 0  # a WASM task dies with its agent
+
     def run(self, task: TaskRun, cancel: threading.Event) -> int:
         # An engine per task, so that interrupting one task (one epoch tick) touches no other;
         # compiled code is shared between engines through the digest cache.

@@ -33,5 +33,10 @@ def test_agent_killed_mid_run_is_retried_on_another_agent(cluster: Cluster, dock
     assert retried["PartitionIndex"] == failed["PartitionIndex"] == 0
     assert retried["Attempt"] == 2
     assert retried["RunOutput"]["Stdout"] == "started\nfinished\n"
-    for container in docker_engine.containers.list(all=True, filters={"label": f"{EXECUTION_LABEL}={lost['ID']}"}):
-        container.remove(force=True)  # the killed agent could not clean up after itself
+
+    # the killed agent could not remove its container; when that node starts again, it does
+    label = {"label": f"{EXECUTION_LABEL}={lost['ID']}"}
+    assert docker_engine.containers.list(all=True, filters=label)
+    cluster.agent(gateway, data_dir=first.data_dir)
+    wait_for(lambda: not docker_engine.containers.list(all=True, filters=label), timeout=30,
+             what="the restarted agent to remove its leftover container")
