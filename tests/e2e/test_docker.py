@@ -75,13 +75,18 @@ def test_inputs_are_read_only(stack: Gateway) -> None:
 
 
 def test_no_network_and_limits(stack: Gateway) -> None:
-    script = "ls /sys/class/net; cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null"
-    job = docker_job(script)
-    job["Tasks"][0]["Resources"] = {"Memory": "64Mb"}
+    cgroup_v1 = ("/sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+                 " /sys/fs/cgroup/pids/pids.max")
+    cgroup_v2 = "/sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max /sys/fs/cgroup/pids.max"
+    job = docker_job(f"ls /sys/class/net; echo; cat {cgroup_v1} 2>/dev/null || cat {cgroup_v2}")
+    job["Tasks"][0]["Resources"] = {"Memory": "64Mb", "CPU": "250m"}
     _, execution = run(stack, job)
-    lines = execution["RunOutput"]["Stdout"].split()
-    assert lines[0] == "lo" and "eth0" not in lines
-    assert str(64_000_000 // 4096 * 4096) in lines or "64000000" in lines
+    interfaces, limits = execution["RunOutput"]["Stdout"].split("\n\n")
+    assert interfaces.split() == ["lo"]
+    memory, cpu, pids = limits.splitlines()[:3]
+    assert int(memory) == 64_000_000 // 4096 * 4096
+    assert cpu.split()[0] == "25000"  # quota per 100 ms period: a quarter of a core
+    assert pids == "256"
 
 
 def test_capabilities_are_dropped(stack: Gateway) -> None:
