@@ -92,6 +92,20 @@ class Gateway:
         assert response.status_code == 200, response.text
         return list(response.json()["Items"])
 
+    def run(self, job: dict[str, Any], timeout: float = 120.0) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Submit a single-partition job, wait for it, and return the job and its only execution."""
+        job_id = self.submit(job)
+        finished = self.wait_for_job(job_id, timeout=timeout)
+        [execution] = self.executions(job_id)
+        return finished, execution
+
+    def download(self, job_id: str, out: Path) -> Path:
+        """The job's results, fetched through the presigned URLs and laid out like `shoal job get`."""
+        from shoal.results import download_results
+
+        items = self.http.get(f"/api/v1/orchestrator/jobs/{job_id}/results").json()["Items"]
+        return download_results(items, out)
+
     def wait_for_job(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
         def finished() -> dict[str, Any] | None:
             job = self.job(job_id)
@@ -173,6 +187,15 @@ class Cluster:
         for gateway in self.gateways:
             gateway.process.stop()
             gateway.http.close()
+
+
+def one_agent_stack(factory: pytest.TempPathFactory, name: str, *agent_args: str) -> Iterator[Gateway]:
+    """A gateway that fails a job at its first failed execution, with one agent: for module fixtures."""
+    running = Cluster(factory.mktemp(name))
+    gateway = running.gateway(max_attempts="1")
+    running.agent(gateway, *agent_args)
+    yield gateway
+    running.close()
 
 
 @pytest.fixture

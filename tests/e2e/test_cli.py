@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import Cluster, Gateway, shoal_command
+from tests.conftest import Gateway, one_agent_stack, shoal_command
 from tests.specs import PROBE, inline
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -18,11 +18,7 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    running = Cluster(tmp_path_factory.mktemp("cli"))
-    gateway = running.gateway(max_attempts="1")
-    running.agent(gateway, "--max-executions", "2")
-    yield gateway
-    running.close()
+    yield from one_agent_stack(tmp_path_factory, "cli", "--max-executions", "2")
 
 
 def shoal(

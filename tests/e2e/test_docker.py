@@ -9,30 +9,13 @@ from typing import Any
 import pytest
 
 from compute_agent.executors.docker import EXECUTION_LABEL
-from shoal.results import download_results
-from tests.conftest import Cluster, Gateway, wait_for
+from tests.conftest import Gateway, one_agent_stack, wait_for
 from tests.specs import docker_job, inline
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: Any) -> Iterator[Gateway]:
-    running = Cluster(tmp_path_factory.mktemp("docker"))
-    gateway = running.gateway(max_attempts="1")
-    running.agent(gateway, "--max-executions", "2")
-    yield gateway
-    running.close()
-
-
-def run(gateway: Gateway, job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    job_id = gateway.submit(job)
-    finished = gateway.wait_for_job(job_id, timeout=120)
-    [execution] = gateway.executions(job_id)
-    return finished, execution
-
-
-def results(gateway: Gateway, job_id: str, out: Path) -> Path:
-    items = gateway.http.get(f"/api/v1/orchestrator/jobs/{job_id}/results").json()["Items"]
-    return download_results(items, out)
+    yield from one_agent_stack(tmp_path_factory, "docker", "--max-executions", "2")
 
 
 def leftover_containers(docker_engine: Any, execution_id: str) -> list[Any]:
@@ -41,10 +24,10 @@ def leftover_containers(docker_engine: Any, execution_id: str) -> list[Any]:
 
 def test_hello_world_publishes_stdout_and_removes_the_container(stack: Gateway, docker_engine: Any,
                                                                  tmp_path: Path) -> None:
-    job, execution = run(stack, docker_job("echo hello from docker; echo oops >&2"))
+    job, execution = stack.run(docker_job("echo hello from docker; echo oops >&2"))
     assert job["State"]["StateType"] == "Completed", job
     assert execution["RunOutput"]["Stdout"] == "hello from docker\n"
-    out = results(stack, job["ID"], tmp_path / "out")
+    out = stack.download(job["ID"], tmp_path / "out")
     assert (out / "stdout").read_bytes() == b"hello from docker\n"
     assert (out / "stderr").read_bytes() == b"oops\n"
     assert (out / "exitCode").read_text() == "0"
@@ -53,12 +36,12 @@ def test_hello_world_publishes_stdout_and_removes_the_container(stack: Gateway, 
 
 def test_env_inputs_and_outputs(stack: Gateway, tmp_path: Path) -> None:
     data = bytes(range(256)) * 4
-    job, execution = run(stack, docker_job(
+    job, execution = stack.run(docker_job(
         "cp /inputs/data.bin /outputs/copy.bin && env | sort > /outputs/env.txt",
         inputs=[inline(data, "/inputs/data.bin")], outputs={"outputs": "/outputs"}, env={"GREETING": "hi"},
     ))
     assert execution["RunOutput"]["ExitCode"] == 0, execution
-    out = results(stack, job["ID"], tmp_path / "out")
+    out = stack.download(job["ID"], tmp_path / "out")
     assert (out / "outputs" / "copy.bin").read_bytes() == data
     env = dict(line.split("=", 1) for line in (out / "outputs" / "env.txt").read_text().splitlines() if "=" in line)
     assert env["GREETING"] == "hi"
@@ -69,7 +52,7 @@ def test_env_inputs_and_outputs(stack: Gateway, tmp_path: Path) -> None:
 
 
 def test_inputs_are_read_only(stack: Gateway) -> None:
-    _, execution = run(stack, docker_job("echo x > /inputs/data.txt", inputs=[inline(b"data", "/inputs/data.txt")]))
+    _, execution = stack.run(docker_job("echo x > /inputs/data.txt", inputs=[inline(b"data", "/inputs/data.txt")]))
     assert execution["RunOutput"]["ExitCode"] != 0
     assert "Read-only file system" in execution["RunOutput"]["stderr"]
 
@@ -80,7 +63,7 @@ def test_no_network_and_limits(stack: Gateway) -> None:
     cgroup_v2 = "/sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max /sys/fs/cgroup/pids.max"
     job = docker_job(f"ls /sys/class/net; echo; cat {cgroup_v1} 2>/dev/null || cat {cgroup_v2}")
     job["Tasks"][0]["Resources"] = {"Memory": "64Mb", "CPU": "250m"}
-    _, execution = run(stack, job)
+    _, execution = stack.run(job)
     interfaces, limits = execution["RunOutput"]["Stdout"].split("\n\n")
     assert interfaces.split() == ["lo"]
     memory, cpu, pids = limits.splitlines()[:3]
@@ -90,18 +73,18 @@ def test_no_network_and_limits(stack: Gateway) -> None:
 
 
 def test_capabilities_are_dropped(stack: Gateway) -> None:
-    _, execution = run(stack, docker_job("grep CapEff /proc/self/status"))
+    _, execution = stack.run(docker_job("grep CapEff /proc/self/status"))
     assert execution["RunOutput"]["Stdout"].split() == ["CapEff:", "0000000000000000"]
 
 
 def test_non_zero_exit_completes(stack: Gateway) -> None:
-    job, execution = run(stack, docker_job("exit 7"))
+    job, execution = stack.run(docker_job("exit 7"))
     assert job["State"]["StateType"] == "Completed"
     assert execution["RunOutput"]["ExitCode"] == 7
 
 
 def test_timeout_fails_and_the_container_is_removed(stack: Gateway, docker_engine: Any) -> None:
-    job, execution = run(stack, docker_job("sleep 60", timeout=1))
+    job, execution = stack.run(docker_job("sleep 60", timeout=1))
     assert execution["ComputeState"]["StateType"] == "Failed"
     assert "timed out" in execution["ComputeState"]["Message"]
     assert job["State"]["StateType"] == "Failed"
@@ -109,7 +92,7 @@ def test_timeout_fails_and_the_container_is_removed(stack: Gateway, docker_engin
 
 
 def test_missing_image_fails_with_a_pull_error(stack: Gateway) -> None:
-    _, execution = run(stack, docker_job("true", image="shoal-test/no-such-image:404"))
+    _, execution = stack.run(docker_job("true", image="shoal-test/no-such-image:404"))
     assert execution["ComputeState"]["StateType"] == "Failed"
     assert "could not pull image shoal-test/no-such-image:404" in execution["ComputeState"]["Message"]
 

@@ -10,45 +10,27 @@ from typing import Any
 
 import pytest
 
-from shoal.results import download_results
-from tests.conftest import Cluster, Gateway, free_port
+from tests.conftest import Gateway, free_port, one_agent_stack
 from tests.specs import inline, wasm_job
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    running = Cluster(tmp_path_factory.mktemp("wasm"))
-    gateway = running.gateway(max_attempts="1")
-    running.agent(gateway, "--max-executions", "4")
-    yield gateway
-    running.close()
-
-
-def run(gateway: Gateway, job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Submit, wait, and return the job and its single execution."""
-    job_id = gateway.submit(job)
-    finished = gateway.wait_for_job(job_id)
-    [execution] = gateway.executions(job_id)
-    return finished, execution
-
-
-def results(gateway: Gateway, job_id: str, out: Path) -> Path:
-    items = gateway.http.get(f"/api/v1/orchestrator/jobs/{job_id}/results").json()["Items"]
-    return download_results(items, out)
+    yield from one_agent_stack(tmp_path_factory, "wasm", "--max-executions", "4")
 
 
 def test_args_reach_the_module_and_stdout_is_published(stack: Gateway, tmp_path: Path) -> None:
-    job, execution = run(stack, wasm_job("echo", "hello", "from wasm"))
+    job, execution = stack.run(wasm_job("echo", "hello", "from wasm"))
     assert job["State"]["StateType"] == "Completed"
     assert execution["RunOutput"]["Stdout"] == "hello from wasm\n"
-    out = results(stack, job["ID"], tmp_path / "out")
+    out = stack.download(job["ID"], tmp_path / "out")
     assert (out / "stdout").read_text() == "hello from wasm\n"
     assert (out / "exitCode").read_text() == "0"
     assert (out / "stderr").read_bytes() == b""
 
 
 def test_task_env_has_user_and_system_variables(stack: Gateway) -> None:
-    job, execution = run(stack, wasm_job("env", env={"GREETING": "hi there"}))
+    job, execution = stack.run(wasm_job("env", env={"GREETING": "hi there"}))
     env = dict(line.split("=", 1) for line in execution["RunOutput"]["Stdout"].splitlines())
     assert env["GREETING"] == "hi there"
     for prefix in ("SHOAL_", "BACALHAU_"):
@@ -62,43 +44,43 @@ def test_task_env_has_user_and_system_variables(stack: Gateway) -> None:
 
 def test_inline_input_is_readable_but_not_writable(stack: Gateway) -> None:
     data = b"line one\nline two\n\x00binary\xff\n"
-    _, read = run(stack, wasm_job("cat", "/inputs/data.bin", inputs=[inline(data, "/inputs/data.bin")]))
+    _, read = stack.run(wasm_job("cat", "/inputs/data.bin", inputs=[inline(data, "/inputs/data.bin")]))
     assert read["RunOutput"]["ExitCode"] == 0
-    _, write = run(stack, wasm_job("write", "/inputs/data.bin", "overwritten",
+    _, write = stack.run(wasm_job("write", "/inputs/data.bin", "overwritten",
                                    inputs=[inline(data, "/inputs/data.bin")]))
     assert write["RunOutput"]["ExitCode"] == 3
     assert "write failed" in write["RunOutput"]["stderr"]
 
 
 def test_result_paths_are_writable_and_downloaded_byte_for_byte(stack: Gateway, tmp_path: Path) -> None:
-    job, execution = run(stack, wasm_job("write", "/outputs/answer.txt", "forty-two", outputs={"outputs": "/outputs"}))
+    job, execution = stack.run(wasm_job("write", "/outputs/answer.txt", "forty-two", outputs={"outputs": "/outputs"}))
     assert execution["RunOutput"]["ExitCode"] == 0, execution
-    out = results(stack, job["ID"], tmp_path / "out")
+    out = stack.download(job["ID"], tmp_path / "out")
     assert (out / "outputs" / "answer.txt").read_text() == "forty-two\n"
 
 
 def test_large_stdout_is_kept_whole_in_results_and_truncated_in_the_summary(stack: Gateway, tmp_path: Path) -> None:
     size = 3_000_000
-    job, execution = run(stack, wasm_job("big", str(size)))
+    job, execution = stack.run(wasm_job("big", str(size)))
     assert execution["RunOutput"]["StdoutTruncated"] is True
     assert len(execution["RunOutput"]["Stdout"]) == 2048
-    stdout = (results(stack, job["ID"], tmp_path / "out") / "stdout").read_bytes()
+    stdout = (stack.download(job["ID"], tmp_path / "out") / "stdout").read_bytes()
     expected = (b"x" * 64 + b"\n") * (size // 65) + (b"x" * 64 + b"\n")[: size % 65]
     assert stdout == expected
 
 
 def test_non_zero_exit_completes_with_the_code(stack: Gateway, tmp_path: Path) -> None:
-    job, execution = run(stack, wasm_job("exit", "5"))
+    job, execution = stack.run(wasm_job("exit", "5"))
     assert job["State"]["StateType"] == "Completed"
     assert execution["ComputeState"]["StateType"] == "Completed"
     assert execution["RunOutput"]["ExitCode"] == 5
-    out = results(stack, job["ID"], tmp_path / "out")
+    out = stack.download(job["ID"], tmp_path / "out")
     assert (out / "exitCode").read_text() == "5"
     assert (out / "stderr").read_text() == "exiting with 5\n"
 
 
 def test_execution_timeout_fails_the_execution(stack: Gateway) -> None:
-    job, execution = run(stack, wasm_job("spin", timeout=1))
+    job, execution = stack.run(wasm_job("spin", timeout=1))
     assert execution["ComputeState"]["StateType"] == "Failed"
     assert "timed out" in execution["ComputeState"]["Message"]
     assert job["State"]["StateType"] == "Failed"
@@ -107,7 +89,7 @@ def test_execution_timeout_fails_the_execution(stack: Gateway) -> None:
 def test_a_module_that_is_not_wasm_fails_clearly(stack: Gateway, tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.wasm"
     bogus.write_bytes(b"not a module")
-    _, execution = run(stack, wasm_job("echo", module=bogus))
+    _, execution = stack.run(wasm_job("echo", module=bogus))
     assert execution["ComputeState"]["StateType"] == "Failed"
     assert "not a valid WASM module" in execution["ComputeState"]["Message"]
 
@@ -135,7 +117,7 @@ def test_url_download_input_lands_in_the_target_folder(stack: Gateway, web_root:
     base, root = web_root
     (root / "words.txt").write_bytes(b"downloaded words\n")
     source = {"Target": "/data", "Source": {"Type": "urlDownload", "Params": {"URL": f"{base}/words.txt"}}}
-    _, execution = run(stack, wasm_job("cat", "/data/words.txt", inputs=[source]))
+    _, execution = stack.run(wasm_job("cat", "/data/words.txt", inputs=[source]))
     assert execution["RunOutput"]["Stdout"] == "downloaded words\n"
 
 
@@ -148,5 +130,5 @@ def test_partitions_each_get_their_index(stack: Gateway, tmp_path: Path) -> None
         assert env["SHOAL_PARTITION_COUNT"] == "3"
         indexes.add((execution["PartitionIndex"], env["SHOAL_PARTITION_INDEX"]))
     assert indexes == {(0, "0"), (1, "1"), (2, "2")}
-    out = results(stack, job_id, tmp_path / "out")
+    out = stack.download(job_id, tmp_path / "out")
     assert (out / "stdout").read_text().count("SHOAL_JOB_ID=") == 3
