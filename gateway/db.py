@@ -9,6 +9,8 @@ from sqlmodel import SQLModel, create_engine
 
 from gateway import models  # noqa: F401  (registers the tables)
 
+READ_ONLY = {"sqlite_begin": "DEFERRED"}
+
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`, with the tables created."""
@@ -22,8 +24,9 @@ def make_engine(url: str) -> Engine:
 
 
 def _tune_sqlite(engine: Engine) -> None:
-    # pysqlite's own transaction handling defers BEGIN; take control so each transaction takes the write
-    # lock up front (BEGIN IMMEDIATE) and concurrent writers wait on busy_timeout instead of failing.
+    # pysqlite's own transaction handling defers BEGIN; take control so each writing transaction takes the
+    # write lock up front (BEGIN IMMEDIATE) and concurrent writers wait on busy_timeout instead of failing
+    # on a lock upgrade. Reads (an engine with READ_ONLY options) begin DEFERRED and run beside writers.
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
@@ -36,4 +39,4 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}")

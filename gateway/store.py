@@ -20,6 +20,7 @@ from sqlalchemy import Engine, exists, func, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
+from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
@@ -79,12 +80,20 @@ class Store:
 
     def __init__(self, engine: Engine, *, lease_seconds: float, max_attempts: int) -> None:
         self.engine = engine
+        self._reader = engine.execution_options(**READ_ONLY)
         self.lease_ns = int(lease_seconds * 1e9)
         self.max_attempts = max_attempts
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
+        """A transaction that writes (on SQLite it takes the write lock at BEGIN)."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """A transaction that only reads (on SQLite it runs beside writers, on WAL's snapshot)."""
+        with Session(self._reader, expire_on_commit=False) as session, session.begin():
             yield session
 
     # -- jobs -------------------------------------------------------------------------------------------
@@ -128,7 +137,7 @@ class Store:
 
     def find_job(self, namespace: str, ref: str) -> JobRecord:
         """A job by ID, unique ID prefix, or Name within the namespace."""
-        with self._tx() as session:
+        with self._read() as session:
             base = select(JobRecord).where(col(JobRecord.namespace) == namespace)
             found = session.exec(base.where(col(JobRecord.id) == ref)).first()
             if found:
@@ -162,12 +171,12 @@ class Store:
         if state:
             query = query.where(func.lower(JobRecord.state) == state.lower())
         query = query.order_by(column.asc() if reverse else column.desc(), col(JobRecord.id))
-        with self._tx() as session:
+        with self._read() as session:
             rows = list(session.exec(query.offset(offset).limit(limit + 1)).all())
         return rows[:limit], len(rows) > limit
 
     def executions(self, job_id: str) -> list[ExecutionRecord]:
-        with self._tx() as session:
+        with self._read() as session:
             query = select(ExecutionRecord).where(col(ExecutionRecord.job_id) == job_id)
             order = (col(ExecutionRecord.partition_index), col(ExecutionRecord.attempt))
             return list(session.exec(query.order_by(*order)).all())
@@ -186,7 +195,7 @@ class Store:
         return node, credential
 
     def authenticate_node(self, credential: str) -> NodeRecord:
-        with self._tx() as session:
+        with self._read() as session:
             node = session.exec(
                 select(NodeRecord).where(col(NodeRecord.credential_sha256) == _sha256(credential))
             ).first()
@@ -219,7 +228,7 @@ class Store:
         return node
 
     def nodes(self) -> list[NodeRecord]:
-        with self._tx() as session:
+        with self._read() as session:
             return list(session.exec(select(NodeRecord).order_by(col(NodeRecord.create_time))).all())
 
     # -- claim and run ----------------------------------------------------------------------------------
@@ -307,7 +316,7 @@ class Store:
 
     def upload_of(self, node_id: str, execution_id: str) -> ExecutionRecord:
         """The execution as the agent left it before completion (for checking its upload)."""
-        with self._tx() as session:
+        with self._read() as session:
             return self._assigned(session, node_id, execution_id)
 
     def complete(self, node_id: str, execution_id: str, outcome: RunOutcome, published: bool) -> None:
@@ -425,7 +434,7 @@ class Store:
         """Which of the executions an agent runs it should stop: stopped, ended, or no longer its own."""
         if not running:
             return []
-        with self._tx() as session:
+        with self._read() as session:
             keep = session.exec(
                 select(ExecutionRecord.id).where(
                     col(ExecutionRecord.id).in_(list(running)),
