@@ -215,16 +215,21 @@ class Store:
             if info is not None:
                 _apply_info(node, info)
             session.add(node)
+            mine = (col(ExecutionRecord.node_id) == node_id,
+                    col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES))
             if running:
                 session.execute(
                     update(ExecutionRecord)
-                    .where(
-                        col(ExecutionRecord.id).in_(list(running)),
-                        col(ExecutionRecord.node_id) == node_id,
-                        col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
-                    )
+                    .where(col(ExecutionRecord.id).in_(list(running)), *mine)
                     .values(lease_expires=now + self.lease_ns)
                 )
+            # executions it was told to stop and no longer runs have stopped
+            session.execute(
+                update(ExecutionRecord)
+                .where(col(ExecutionRecord.id).not_in(list(running)), *mine,
+                       col(ExecutionRecord.desired_state) == DesiredState.STOPPED)
+                .values(compute_state=ExecutionState.CANCELLED, lease_expires=None, modify_time=now)
+            )
         return node
 
     def nodes(self) -> list[NodeRecord]:
@@ -416,6 +421,10 @@ class Store:
                 .with_for_update(skip_locked=True)
             ).all()
             for execution in expired:
+                if execution.desired_state == DesiredState.STOPPED:
+                    execution.compute_state, execution.lease_expires = ExecutionState.CANCELLED, None
+                    self._touch(session, execution, now)
+                    continue
                 message = f"lease expired: node {execution.node_id} stopped reporting on this execution"
                 rescheduled += self._fail(session, execution, message, now)
         return rescheduled

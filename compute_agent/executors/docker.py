@@ -49,10 +49,11 @@ class DockerExecutor:
         """Remove containers an earlier run of this node left behind (it was killed before cleaning up)."""
         if not self.available():
             return 0
-        leftovers = self._docker().containers.list(all=True, filters={"label": f"{NODE_LABEL}={node_id}"})
+        api = self._docker().api
+        leftovers = api.containers(all=True, quiet=True, filters={"label": f"{NODE_LABEL}={node_id}"})
         for container in leftovers:
             with contextlib.suppress(DockerException):
-                container.remove(force=True)
+                api.remove_container(container["Id"], force=True)
         return len(leftovers)
 
     def run(self, task: TaskRun, cancel: threading.Event) -> int:

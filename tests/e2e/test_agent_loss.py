@@ -36,7 +36,7 @@ def test_agent_killed_mid_run_is_retried_on_another_agent(cluster: Cluster, dock
 
     # the killed agent could not remove its container; when that node starts again, it does
     label = {"label": f"{EXECUTION_LABEL}={lost['ID']}"}
-    assert docker_engine.containers.list(all=True, filters=label)
+    assert docker_engine.api.containers(all=True, filters=label)
     cluster.agent(gateway, data_dir=first.data_dir)
-    wait_for(lambda: not docker_engine.containers.list(all=True, filters=label), timeout=30,
+    wait_for(lambda: not docker_engine.api.containers(all=True, filters=label), timeout=30,
              what="the restarted agent to remove its leftover container")

@@ -19,7 +19,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: Any) -> Itera
 
 
 def leftover_containers(docker_engine: Any, execution_id: str) -> list[Any]:
-    return list(docker_engine.containers.list(all=True, filters={"label": f"{EXECUTION_LABEL}={execution_id}"}))
+    return list(docker_engine.api.containers(all=True, filters={"label": f"{EXECUTION_LABEL}={execution_id}"}))
 
 
 def test_hello_world_publishes_stdout_and_removes_the_container(stack: Gateway, docker_engine: Any,
@@ -101,5 +101,5 @@ def test_containers_are_gone_after_every_job(stack: Gateway, docker_engine: Any)
     job_ids = [stack.submit(docker_job(f"echo {i}")) for i in range(4)]
     for job_id in job_ids:
         assert stack.wait_for_job(job_id, timeout=120)["State"]["StateType"] == "Completed"
-    wait_for(lambda: not docker_engine.containers.list(all=True, filters={"label": EXECUTION_LABEL}),
+    wait_for(lambda: not docker_engine.api.containers(all=True, filters={"label": EXECUTION_LABEL}),
              timeout=10, what="no labelled containers left")
