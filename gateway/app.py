@@ -64,7 +64,8 @@ def _error(request: Request, status: int, message: str, code: str, hint: str = "
     body = {"Status": status, "Message": message, "Code": code, "RequestID": request_id}
     if hint:
         body["Hint"] = hint
-    return JSONResponse(body, status_code=status)
+    # a 500 is answered outside the RequestID middleware, so the header is set here too
+    return JSONResponse(body, status_code=status, headers={"X-Request-ID": request_id} if request_id else None)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
@@ -97,7 +98,9 @@ class RequestID:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                headers = message.setdefault("headers", [])
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
             await send(message)
 
         await self.app(scope, receive, send_with_id)

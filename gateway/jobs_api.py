@@ -82,7 +82,9 @@ def _decode_token(token: str) -> tuple[str, bool, int, int]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         order_by, reverse, limit, offset = raw.split(":")
-        return order_by, reverse == "Y", max(1, min(int(limit), 1000)), max(0, int(offset))
+        if order_by not in ("created_at", "create_time", "id") or not 0 <= int(offset) < 2**31:
+            raise ValueError(raw)
+        return order_by, reverse == "Y", max(1, min(int(limit), 1000)), int(offset)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadRequest("next_token: not a token this gateway issued") from None
 

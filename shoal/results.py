@@ -4,6 +4,7 @@ merged into `job-<id>/{stdout, stderr, exitCode, <name>/…}` as `bacalhau job g
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import tarfile
 import tempfile
@@ -15,6 +16,7 @@ import httpx
 from shoal.errors import ResultsError
 
 _STREAMS = ("stdout", "stderr", "exitCode")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def download_results(items: list[dict[str, Any]], out_dir: Path, *, raw: bool = False, timeout: float = 300) -> Path:
@@ -26,7 +28,9 @@ def download_results(items: list[dict[str, Any]], out_dir: Path, *, raw: bool = 
     with tempfile.TemporaryDirectory(prefix="shoal-get-") as scratch, httpx.Client(timeout=timeout) as http:
         for item in ordered:
             params = item["Params"]
-            name = params.get("ExecutionID") or f"partition-{params.get('PartitionIndex', 0)}"
+            name = str(params.get("ExecutionID") or f"partition-{params.get('PartitionIndex', 0)}")
+            if not _SAFE_NAME.match(name):
+                raise ResultsError(f"the gateway sent a result with an unusable execution ID: {name!r}")
             archive = Path(scratch) / f"{name}.tar.gz"
             _fetch(http, params["PreSignedURL"], archive, params.get("SHA256"), params.get("Size"))
             unpacked = out_dir / "raw" / name if raw else Path(scratch) / name
@@ -60,9 +64,16 @@ def _extract(archive: Path, destination: Path) -> None:
     destination.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(destination, filter="data")
+            tar.extractall(destination, filter=_strict_filter)
     except (tarfile.TarError, OSError) as exc:
         raise ResultsError(f"a result archive could not be extracted safely: {exc}") from exc
+
+
+def _strict_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    # the `data` filter would quietly make absolute names relative; a result never has them, so refuse
+    if member.name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, path)
 
 
 def _merge(source: Path, out_dir: Path) -> None:

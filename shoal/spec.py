@@ -44,13 +44,14 @@ class SourceType(StrEnum):
 SUPPORTED_JOB_TYPES = (JobType.BATCH,)
 RESERVED_ENV_PREFIXES = ("SHOAL_", "BACALHAU_")
 MAX_INLINE_BYTES = 1 << 20
+MAX_COUNT = 10_000
 _ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 class SpecModel(BaseModel):
     """A spec object: keys matched to field names regardless of case, unknown keys ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -161,13 +162,15 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def load_document(text: str | bytes) -> Any:
     """Read a JSON or YAML document; a syntax error is a `SpecError`."""
     try:
-        return json.loads(text)
-    except ValueError:
-        pass  # not JSON: YAML, which is slower to parse
-    try:
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass  # not JSON: YAML, which is slower to parse
         return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: CSafeLoader or SafeLoader
     except yaml.YAMLError as exc:
         raise SpecError("", f"the spec is not valid JSON or YAML: {exc}") from exc
+    except RecursionError:
+        raise SpecError("", "the spec is nested too deeply") from None
 
 
 def parse_job(data: Any) -> tuple[Job, list[str]]:
@@ -208,8 +211,8 @@ def _check_job(job: Job) -> None:
         raise SpecError("Type", f"{job.Type} jobs are not supported yet; use batch")
     if job.Count is None:
         job.Count = 1
-    if job.Count < 0:
-        raise SpecError("Count", "must be zero or more")
+    if not 0 <= job.Count <= MAX_COUNT:
+        raise SpecError("Count", f"must be between 0 and {MAX_COUNT}")
     if not job.Namespace:
         job.Namespace = "default"
     if len(job.Tasks) != 1:

@@ -67,6 +67,7 @@ class LocalObjectStore:
 
     def verify(self, method: str, key: str, query: dict[str, str]) -> None:
         """Refuse a request whose signature does not cover this method and key, or that has expired."""
+        _check_key(key)
         try:
             expires = int(query.get("expires", ""))
         except ValueError:

@@ -26,9 +26,12 @@ class S3ObjectStore:
 
     def presign_put(self, key: str, size: int, sha256: str, expires_in: int) -> PresignedRequest:
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
-        params = {"Bucket": self.bucket, "Key": key, "ContentLength": size, "ChecksumSHA256": checksum}
+        params = {"Bucket": self.bucket, "Key": key, "ContentLength": size, "ChecksumSHA256": checksum,
+                  "ChecksumAlgorithm": "SHA256"}
         url = self._client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_in)
-        headers = {"Content-Length": str(size), "x-amz-checksum-sha256": checksum}
+        # signed headers: the store refuses a body of another size or digest, and keeps the digest
+        headers = {"Content-Length": str(size), "x-amz-checksum-sha256": checksum,
+                   "x-amz-sdk-checksum-algorithm": "SHA256"}
         return PresignedRequest(url, "PUT", headers)
 
     def presign_get(self, key: str, expires_in: int) -> str:

@@ -1,0 +1,429 @@
+"""The job and execution store (gateway/store.py) on a real SQLite file."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from gateway.db import make_engine
+from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobState, NodeConnection
+from gateway.store import NodeInfo, RunOutcome, Store
+from shoal.spec import parse_job
+from tests.conftest import wait_for
+
+WASM_DATA = "data:application/wasm;base64,AGFzbQEAAAA="
+
+
+def wasm(count: int = 1, name: str = "", namespace: str = "default") -> Any:
+    job, _ = parse_job({
+        "Name": name,
+        "Namespace": namespace,
+        "Type": "batch",
+        "Count": count,
+        "Tasks": [{
+            "Engine": {"Type": "wasm", "Params": {"EntryModule": "/app/m.wasm"}},
+            "InputSources": [{"Target": "/app/m.wasm", "Source": {"Type": "inline", "Params": {"URL": WASM_DATA}}}],
+        }],
+    })
+    return job
+
+
+def docker(count: int = 1) -> Any:
+    job, _ = parse_job({"Type": "batch", "Count": count,
+                        "Tasks": [{"Engine": {"Type": "docker", "Params": {"Image": "busybox"}}}]})
+    return job
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    made = make_engine("sqlite:///" + str(tmp_path / "s.db"))
+    yield made
+    made.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> Store:
+    return Store(engine, lease_seconds=60, max_attempts=3)
+
+
+def node(store: Store, *engines: str) -> Any:
+    record, _ = store.register_node(NodeInfo(engines=list(engines or ["wasm"])))
+    return record
+
+
+def by_id(store: Store, job_id: str) -> dict[str, ExecutionRecord]:
+    return {execution.id: execution for execution in store.executions(job_id)}
+
+
+def job_state(store: Store, job_id: str) -> tuple[str, str]:
+    job = store.find_job("default", job_id)
+    return job.state, job.state_message
+
+
+# -- submit -----------------------------------------------------------------------------------------------
+
+
+def test_submit_creates_one_new_execution_per_partition(store: Store) -> None:
+    record = store.submit(wasm(count=3))
+    assert record.id.startswith("j-")
+    assert record.state == JobState.PENDING
+    assert record.name == record.id  # no Name: the ID
+    executions = store.executions(record.id)
+    assert [e.partition_index for e in executions] == [0, 1, 2]
+    assert {e.compute_state for e in executions} == {ExecutionState.NEW}
+    assert {e.desired_state for e in executions} == {DesiredState.RUNNING}
+    assert {e.attempt for e in executions} == {1}
+    assert {e.node_id for e in executions} == {None}
+    assert {e.engine for e in executions} == {"wasm"}
+    assert len({e.id for e in executions}) == 3
+
+
+def test_submit_count_zero_is_completed_with_no_executions(store: Store) -> None:
+    record = store.submit(wasm(count=0))
+    assert store.executions(record.id) == []
+    assert job_state(store, record.id)[0] == JobState.COMPLETED
+
+
+# -- claim ------------------------------------------------------------------------------------------------
+
+
+def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: Engine) -> None:
+    store = Store(engine, lease_seconds=60, max_attempts=3)
+    job_ids = [store.submit(wasm(count=5)).id for _ in range(40)]
+    expected = {e.id for job_id in job_ids for e in store.executions(job_id)}
+    assert len(expected) == 200
+
+    # eight claimers, each with its own node and its own connection pool, as separate replicas would be
+    workers = 8
+    engines = [make_engine("sqlite:///" + str(tmp_path / "s.db")) for _ in range(workers)]
+    stores = [Store(e, lease_seconds=60, max_attempts=3) for e in engines]
+    nodes = [node(s, "wasm") for s in stores]
+    claimed: list[list[str]] = [[] for _ in range(workers)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(workers)
+
+    def claimer(index: int) -> None:
+        try:
+            start.wait(10)
+            while True:
+                got = stores[index].claim(nodes[index], 3)
+                if not got:
+                    return
+                for item in got:
+                    assert item.execution.node_id == nodes[index].id
+                    assert item.job.id == item.execution.job_id
+                claimed[index].extend(item.execution.id for item in got)
+        except BaseException as exc:  # reported below, with the thread's failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for e in engines:
+        e.dispose()
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+
+    assert sum(1 for ids in claimed if ids) >= 2, "the claimers did not race: one took everything"
+    every_claim = [execution_id for ids in claimed for execution_id in ids]
+    assert len(every_claim) == len(set(every_claim)), "an execution was claimed twice"
+    assert set(every_claim) == expected
+    # what the database says agrees with what each claimer was told
+    owner = {execution_id: nodes[index].id for index, ids in enumerate(claimed) for execution_id in ids}
+    for job_id in job_ids:
+        for execution in store.executions(job_id):
+            assert execution.compute_state == ExecutionState.BID_ACCEPTED
+            assert execution.node_id == owner[execution.id]
+        assert job_state(store, job_id)[0] == JobState.RUNNING
+
+
+def test_claim_respects_the_limit_and_engines(store: Store) -> None:
+    wasm_job = store.submit(wasm(count=2))
+    docker_job = store.submit(docker(count=2))
+    docker_only = node(store, "docker")
+    wasm_only = node(store, "wasm")
+    no_engines, _ = store.register_node(NodeInfo(engines=[]))
+
+    assert store.claim(no_engines, 10) == []
+    assert store.claim(wasm_only, 0) == []
+    first = store.claim(docker_only, 1)
+    assert [c.execution.job_id for c in first] == [docker_job.id]
+    rest = store.claim(docker_only, 10)
+    assert [c.execution.job_id for c in rest] == [docker_job.id]
+    assert store.claim(docker_only, 10) == []  # the wasm work is still there, but not for this node
+    assert {e.compute_state for e in store.executions(wasm_job.id)} == {ExecutionState.NEW}
+    got = store.claim(wasm_only, 10)
+    assert sorted(c.execution.partition_index for c in got) == [0, 1]
+    assert {c.execution.job_id for c in got} == {wasm_job.id}
+
+
+def test_failed_partition_is_retried_elsewhere_never_on_the_same_node(store: Store) -> None:
+    job = store.submit(wasm(count=2))
+    a, b = node(store), node(store)
+    [first, second] = store.claim(a, 2)
+    assert store.fail(a.id, first.execution.id, "image pull failed") is True
+
+    assert store.claim(a, 10) == []  # A already failed that partition
+    [retry] = store.claim(b, 10)
+    assert retry.execution.id != first.execution.id
+    assert retry.execution.partition_index == first.execution.partition_index
+    assert retry.execution.attempt == 2
+    assert retry.execution.node_id == b.id
+
+    executions = by_id(store, job.id)
+    assert executions[first.execution.id].compute_state == ExecutionState.FAILED
+    assert executions[first.execution.id].state_message == "image pull failed"
+    assert executions[second.execution.id].compute_state == ExecutionState.BID_ACCEPTED
+    assert job_state(store, job.id)[0] == JobState.RUNNING
+
+
+def test_exhausted_attempts_fail_the_job(engine: Engine) -> None:
+    store = Store(engine, lease_seconds=60, max_attempts=2)
+    job = store.submit(wasm(count=2))
+    a, b, c = node(store), node(store), node(store)
+    [one, other] = store.claim(a, 2)
+    assert store.fail(a.id, one.execution.id, "out of memory") is True
+    [retry] = store.claim(b, 1)
+    assert retry.execution.attempt == 2
+    assert store.fail(b.id, retry.execution.id, "out of memory again") is False
+
+    state, message = job_state(store, job.id)
+    assert state == JobState.FAILED
+    assert "retried too many times" in message
+    assert "out of memory again" in message
+    assert store.claim(c, 10) == []  # nothing was rescheduled
+    assert len(store.executions(job.id)) == 3
+    # the partition still running is told to stop
+    assert store.stopped_among(a.id, [other.execution.id]) == [other.execution.id]
+
+
+def test_max_attempts_one_fails_at_the_first_failure(engine: Engine) -> None:
+    store = Store(engine, lease_seconds=60, max_attempts=1)
+    job = store.submit(wasm())
+    a = node(store)
+    [claimed] = store.claim(a, 1)
+    assert store.fail(a.id, claimed.execution.id, "boom") is False
+    state, message = job_state(store, job.id)
+    assert state == JobState.FAILED
+    assert "retried too many times" in message
+    assert len(store.executions(job.id)) == 1
+
+
+# -- leases -----------------------------------------------------------------------------------------------
+
+
+def _wait_until_past(deadline_ns: int | None) -> None:
+    assert deadline_ns is not None
+    wait_for(lambda: time.time_ns() > deadline_ns, timeout=10, what="the lease to expire")
+
+
+def test_expired_lease_fails_and_reschedules(engine: Engine) -> None:
+    store = Store(engine, lease_seconds=0.2, max_attempts=3)
+    job = store.submit(wasm())
+    a = node(store)
+    [claimed] = store.claim(a, 1)
+    assert claimed.execution.lease_expires is not None
+    assert store.expire_leases() == 0  # not yet (the lease is 0.2 s; a sweep right after the claim finds nothing)
+
+    _wait_until_past(claimed.execution.lease_expires)
+    assert store.expire_leases() == 1
+    assert store.expire_leases() == 0  # once only
+
+    [failed, retry] = store.executions(job.id)
+    assert failed.id == claimed.execution.id
+    assert failed.compute_state == ExecutionState.FAILED
+    assert "lease expired" in failed.state_message
+    assert failed.lease_expires is None
+    assert (retry.compute_state, retry.attempt, retry.partition_index, retry.node_id) == (ExecutionState.NEW, 2, 0,
+                                                                                           None)
+    # the node that lost it is late: it may no longer touch the execution
+    with pytest.raises(Conflict):
+        store.complete(a.id, failed.id, RunOutcome(exit_code=0), published=False)
+
+
+def test_heartbeat_renews_the_leases_of_running_executions(engine: Engine) -> None:
+    short = Store(engine, lease_seconds=0.2, max_attempts=3)
+    long = Store(engine, lease_seconds=600, max_attempts=3)
+    job = short.submit(wasm(count=3))
+    a, b = node(short), node(short)
+    claims = short.claim(a, 3)
+    kept, dropped, stolen = (c.execution for c in claims)
+    _wait_until_past(max(e.lease_expires or 0 for e in (kept, dropped, stolen)))
+
+    # A says it still runs `kept`; B names `stolen`, which is not its own, so that lease is not renewed
+    long.heartbeat(a.id, None, [kept.id])
+    long.heartbeat(b.id, None, [stolen.id])
+    assert long.expire_leases() == 2
+
+    executions = by_id(long, job.id)
+    assert executions[kept.id].compute_state == ExecutionState.BID_ACCEPTED
+    assert (executions[kept.id].lease_expires or 0) > time.time_ns() + 500 * 10**9
+    assert executions[dropped.id].compute_state == ExecutionState.FAILED
+    assert executions[stolen.id].compute_state == ExecutionState.FAILED
+    assert long.expire_leases() == 0
+
+
+def test_heartbeat_marks_the_node_connected_and_updates_its_info(store: Store) -> None:
+    a = node(store)
+    before = a.last_heartbeat
+    wait_for(lambda: time.time_ns() > before, timeout=5)
+    updated = store.heartbeat(a.id, NodeInfo(name="renamed", engines=["docker", "wasm"], labels={"zone": "a"}), [])
+    assert updated.last_heartbeat > before
+    [stored] = store.nodes()
+    assert (stored.name, stored.engines, stored.labels) == ("renamed", ["docker", "wasm"], {"zone": "a"})
+    with pytest.raises(Unauthorized):
+        store.heartbeat("n-nobody", None, [])
+
+
+def test_silent_nodes_are_disconnected(store: Store) -> None:
+    silent, talking = node(store), node(store)
+    silence = 1.0
+    wait_for(lambda: time.time_ns() > silent.last_heartbeat + int(silence * 1e9), timeout=10,
+             what="the node to be silent")
+    store.heartbeat(talking.id, None, [])
+    assert store.disconnect_silent_nodes(silence) == 1
+    assert store.disconnect_silent_nodes(silence) == 0  # already disconnected
+    connection = {n.id: n.connection for n in store.nodes()}
+    assert connection == {silent.id: NodeConnection.DISCONNECTED, talking.id: NodeConnection.CONNECTED}
+    store.heartbeat(silent.id, None, [])
+    assert {n.connection for n in store.nodes()} == {NodeConnection.CONNECTED}
+
+
+# -- complete and the rules for updates -----------------------------------------------------------------
+
+
+def test_completing_every_partition_completes_the_job(store: Store) -> None:
+    job = store.submit(wasm(count=3))
+    a = node(store)
+    claims = store.claim(a, 3)
+    codes = [0, 3, 0]
+    for claimed, code in zip(claims[:2], codes[:2], strict=True):
+        store.complete(a.id, claimed.execution.id, RunOutcome(exit_code=code, stdout="x" * 5000, stderr="e"),
+                       published=False)
+        assert job_state(store, job.id)[0] == JobState.RUNNING  # a partition is still running
+    store.complete(a.id, claims[2].execution.id, RunOutcome(exit_code=codes[2]), published=False)
+
+    state, message = job_state(store, job.id)
+    assert (state, message) == (JobState.COMPLETED, "")
+    executions = store.executions(job.id)
+    assert [e.compute_state for e in executions] == [ExecutionState.COMPLETED] * 3
+    exit_codes = {e.id: e.exit_code for e in executions}
+    assert [exit_codes[c.execution.id] for c in claims] == codes
+    first = by_id(store, job.id)[claims[0].execution.id]
+    assert (len(first.stdout), first.stdout_truncated, first.stderr) == (2048, True, "e")
+    assert {e.lease_expires for e in executions} == {None}
+
+
+def test_non_zero_exit_code_is_still_completed(store: Store) -> None:
+    job = store.submit(wasm())
+    a = node(store)
+    [claimed] = store.claim(a, 1)
+    store.complete(a.id, claimed.execution.id, RunOutcome(exit_code=42), published=False)
+    assert job_state(store, job.id)[0] == JobState.COMPLETED
+    [execution] = store.executions(job.id)
+    assert (execution.compute_state, execution.exit_code) == (ExecutionState.COMPLETED, 42)
+
+
+def test_updates_from_a_node_not_assigned_are_not_found(store: Store) -> None:
+    job = store.submit(wasm())
+    a, b = node(store), node(store)
+    [claimed] = store.claim(a, 1)
+    execution_id = claimed.execution.id
+    with pytest.raises(NotFound):
+        store.complete(b.id, execution_id, RunOutcome(exit_code=0), published=False)
+    with pytest.raises(NotFound):
+        store.fail(b.id, execution_id, "not mine")
+    with pytest.raises(NotFound):
+        store.update_status(b.id, execution_id, ExecutionState.RUNNING)
+    with pytest.raises(NotFound):
+        store.complete(a.id, "e-no-such-execution", RunOutcome(exit_code=0), published=False)
+    [execution] = store.executions(job.id)
+    assert (execution.compute_state, execution.node_id) == (ExecutionState.BID_ACCEPTED, a.id)
+    store.update_status(a.id, execution_id, ExecutionState.RUNNING, "started")
+    [execution] = store.executions(job.id)
+    assert (execution.compute_state, execution.state_message) == (ExecutionState.RUNNING, "started")
+
+
+def test_completing_a_failed_execution_is_a_conflict(store: Store) -> None:
+    job = store.submit(wasm())
+    a = node(store)
+    [claimed] = store.claim(a, 1)
+    store.fail(a.id, claimed.execution.id, "disk full")
+    with pytest.raises(Conflict):
+        store.complete(a.id, claimed.execution.id, RunOutcome(exit_code=0), published=False)
+    with pytest.raises(Conflict):
+        store.fail(a.id, claimed.execution.id, "again")
+    assert by_id(store, job.id)[claimed.execution.id].compute_state == ExecutionState.FAILED
+    assert job_state(store, job.id)[0] == JobState.RUNNING  # the retry is waiting
+
+
+def test_stopped_among_names_executions_no_longer_active(store: Store) -> None:
+    store.submit(wasm(count=3))
+    a, b = node(store), node(store)
+    running, done, failed = (c.execution.id for c in store.claim(a, 3))
+    store.complete(a.id, done, RunOutcome(exit_code=0), published=False)
+    store.fail(a.id, failed, "lost")
+
+    assert store.stopped_among(a.id, []) == []
+    assert store.stopped_among(a.id, [running]) == []
+    assert store.stopped_among(a.id, [running, done, failed, "e-unknown"]) == sorted([done, failed, "e-unknown"])
+    assert store.stopped_among(b.id, [running]) == [running]  # not B's
+
+
+# -- finding and listing jobs -----------------------------------------------------------------------------
+
+
+def test_find_job_by_id_prefix_and_name(store: Store) -> None:
+    named = store.submit(wasm(name="nightly"))
+    other = store.submit(wasm())
+    assert store.find_job("default", named.id).id == named.id
+    assert store.find_job("default", named.id[:10]).id == named.id
+    assert store.find_job("default", "nightly").id == named.id
+    assert store.find_job("default", other.id).id == other.id
+    with pytest.raises(BadRequest, match="ambiguous"):
+        store.find_job("default", "j-")
+    with pytest.raises(NotFound):
+        store.find_job("default", "j-ffffffff-0000-no-such")
+    with pytest.raises(NotFound):
+        store.find_job("other", named.id)  # another namespace
+    with pytest.raises(NotFound):
+        store.find_job("default", "j_")  # `_` is not a LIKE wildcard here
+
+
+def test_list_jobs_pages_newest_first(store: Store) -> None:
+    ids = [store.submit(wasm()).id for _ in range(5)]
+    store.submit(wasm(namespace="elsewhere"))
+
+    seen: list[str] = []
+    offset = 0
+    while True:
+        page, more = store.list_jobs("default", limit=2, offset=offset)
+        seen += [job.id for job in page]
+        offset += 2
+        if not more:
+            break
+        assert len(page) == 2
+    assert seen == ids[::-1]
+    oldest_first, more = store.list_jobs("default", limit=10, offset=0, reverse=True)
+    assert ([job.id for job in oldest_first], more) == (ids, False)
+    by_id_order, _ = store.list_jobs("default", limit=10, offset=0, order_by="id", reverse=True)
+    assert [job.id for job in by_id_order] == sorted(ids)
+    everywhere, _ = store.list_jobs("*", limit=10, offset=0)
+    assert len(everywhere) == 6
+
+
+def test_list_jobs_filters_by_state(store: Store) -> None:
+    pending = store.submit(wasm())
+    completed = store.submit(wasm(count=0))
+    assert [j.id for j in store.list_jobs("default", limit=10, offset=0, state="completed")[0]] == [completed.id]
+    assert [j.id for j in store.list_jobs("default", limit=10, offset=0, state="Pending")[0]] == [pending.id]
+    assert store.list_jobs("default", limit=10, offset=0, state="Failed")[0] == []
