@@ -39,7 +39,6 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        svc.work = WorkSignal()  # bound to the serving loop
         task = asyncio.create_task(housekeeping.run_forever(svc))
         try:
             yield

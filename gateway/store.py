@@ -232,10 +232,6 @@ class Store:
             )
         return node
 
-    def nodes(self) -> list[NodeRecord]:
-        with self._read() as session:
-            return list(session.exec(select(NodeRecord).order_by(col(NodeRecord.create_time))).all())
-
     # -- claim and run ----------------------------------------------------------------------------------
 
     def claim(self, node: NodeRecord, limit: int) -> list[Claimed]:

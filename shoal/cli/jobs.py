@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from shoal.cli.output import api_options, client, dump, output_option, short, table, when
+from shoal.cli.output import api_options, dump, output_option, short, table, when
 from shoal.cli.submit import submit_and_report
+from shoal.client import Client
 from shoal.errors import SpecError
 from shoal.results import download_results
 from shoal.spec import load_document
@@ -32,7 +33,7 @@ def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, dry_run: b
     spec = load_document(file.read())
     if not isinstance(spec, dict):
         raise SpecError("", "the file must hold one job spec mapping")
-    with client(api_url) as api:
+    with Client(api_url) as api:
         submit_and_report(api, spec, wait=wait, id_only=id_only, wait_timeout=wait_timeout_secs, dry_run=dry_run)
 
 
@@ -43,7 +44,7 @@ def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, dry_run: b
 @api_options
 def describe(ref: str, namespace: str, output_format: str, api_url: str) -> None:
     """Show a job (by ID, ID prefix or name) and its executions."""
-    with client(api_url) as api:
+    with Client(api_url) as api:
         reply = api.job(ref, include="executions", namespace=namespace)
     if output_format != "table":
         dump(reply, output_format)
@@ -83,7 +84,7 @@ def describe(ref: str, namespace: str, output_format: str, api_url: str) -> None
 def list_jobs(namespace: str, limit: int, next_token: str, state: str, order_by: str, order_reversed: bool,
               output_format: str, api_url: str) -> None:
     """List jobs, newest first."""
-    with client(api_url) as api:
+    with Client(api_url) as api:
         reply = api.jobs(limit=limit, next_token=next_token, namespace=namespace, state=state, order_by=order_by,
                          reverse="true" if order_reversed else "")
     if output_format != "table":
@@ -103,7 +104,7 @@ def list_jobs(namespace: str, limit: int, next_token: str, state: str, order_by:
 @api_options
 def executions(ref: str, namespace: str, output_format: str, api_url: str) -> None:
     """List a job's executions."""
-    with client(api_url) as api:
+    with Client(api_url) as api:
         items = api.executions(ref, namespace=namespace)
     if output_format != "table":
         dump({"Items": items}, output_format)
@@ -125,7 +126,7 @@ def executions(ref: str, namespace: str, output_format: str, api_url: str) -> No
 def get(ref: str, output_dir: Path | None, raw: bool, namespace: str, download_timeout_secs: int,
         api_url: str) -> None:
     """Download a job's results through their presigned URLs and lay them out like `bacalhau job get`."""
-    with client(api_url) as api:
+    with Client(api_url) as api:
         job_id = api.job(ref, namespace=namespace)["Job"]["ID"]
         items = api.results(job_id, namespace=namespace)
     out = output_dir or Path(f"job-{short(job_id)}")

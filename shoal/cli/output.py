@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 import yaml
 
-from shoal.client import Client, api_url_from_env
+from shoal.client import api_url_from_env
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,10 +26,6 @@ def api_options(func: F) -> F:
 def output_option(default: str) -> Callable[[F], F]:
     return click.option("--output", "output_format", type=click.Choice(["table", "json", "yaml"]), default=default,
                         show_default=True, help="How to print the result.")
-
-
-def client(api_url: str) -> Client:
-    return Client(api_url)
 
 
 def dump(data: Any, fmt: str) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import click
 import httpx
 
-from shoal.cli.output import api_options, client, dump, output_option
+from shoal.cli.output import api_options, dump, output_option
+from shoal.client import Client
 
 LABEL_HELP = "A node label K=V (repeatable)."
 
@@ -111,7 +112,7 @@ def agent(ctx: click.Context, gateway_url: str | None, token: str, labels: tuple
 @api_options
 def alive(output_format: str, api_url: str) -> None:
     """Is the gateway alive?"""
-    with client(api_url) as api:
+    with Client(api_url) as api:
         dump(api.alive(), output_format)
 
 
@@ -120,7 +121,7 @@ def alive(output_format: str, api_url: str) -> None:
 @api_options
 def version(output_format: str, api_url: str) -> None:
     """The gateway's version."""
-    with client(api_url) as api:
+    with Client(api_url) as api:
         dump(api.version(), output_format)
 
 

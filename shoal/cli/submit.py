@@ -11,7 +11,7 @@ from typing import Any
 import click
 import yaml
 
-from shoal.cli.output import api_options, client, short
+from shoal.cli.output import api_options, short
 from shoal.client import Client
 from shoal.errors import ShoalError
 
@@ -171,7 +171,7 @@ def docker_run(image: str, command: tuple[str, ...], entrypoint: tuple[str, ...]
     engine = {"Type": "docker", "Params": {"Image": image, "Entrypoint": list(entrypoint),
                                            "Parameters": list(command), "WorkingDirectory": workdir}}
     job = build_job(engine, [parse_input(value) for value in opts["inputs"]], **opts)
-    with client(api_url) as api:
+    with Client(api_url) as api:
         submit_and_report(api, job, wait=opts["wait"], id_only=opts["id_only"],
                           wait_timeout=opts["wait_timeout_secs"], dry_run=opts["dry_run"])
 
@@ -200,6 +200,6 @@ def wasm_run(module: str, args: tuple[str, ...], entry_point: str, api_url: str,
     engine = {"Type": "wasm", "Params": {"EntryModule": entry["Target"], "Entrypoint": entry_point,
                                          "Parameters": list(args)}}
     job = build_job(engine, [entry] + [parse_input(value) for value in opts["inputs"]], **opts)
-    with client(api_url) as api:
+    with Client(api_url) as api:
         submit_and_report(api, job, wait=opts["wait"], id_only=opts["id_only"],
                           wait_timeout=opts["wait_timeout_secs"], dry_run=opts["dry_run"])
