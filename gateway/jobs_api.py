@@ -110,6 +110,15 @@ async def list_executions(request: Request) -> JSONResponse:
     return JSONResponse({"Items": [wire.execution(e) for e in executions], "NextToken": ""})
 
 
+async def stop(request: Request) -> JSONResponse:
+    svc = services(request)
+    namespace = request.query_params.get("namespace") or "default"
+    reason = request.query_params.get("reason", "")[:1024]
+    await run_in_threadpool(svc.store.stop_job, namespace, request.path_params["ref"], reason)
+    svc.work.notify()  # waiting polls carry the cancellations to the agents now
+    return JSONResponse({"EvaluationID": ""})
+
+
 async def results(request: Request) -> JSONResponse:
     """Presigned GET URLs for the published results of the job's completed executions."""
     svc = services(request)
@@ -141,6 +150,7 @@ routes = [
     Route(_JOBS, submit, methods=["PUT", "POST"]),
     Route(_JOBS, list_jobs, methods=["GET"]),
     Route(_JOBS + "/{ref}", get_job, methods=["GET"]),
+    Route(_JOBS + "/{ref}", stop, methods=["DELETE"]),
     Route(_JOBS + "/{ref}/executions", list_executions, methods=["GET"]),
     Route(_JOBS + "/{ref}/results", results, methods=["GET"]),
 ]

@@ -383,17 +383,34 @@ class Store:
         job.state, job.state_message = state, message
         job.modify_time, job.revision = now, job.revision + 1
         session.add(job)
+        why = "Execution stop requested because job " + {
+            JobState.STOPPED: "has been stopped", JobState.FAILED: "has failed"}.get(state, f"is {state}")
         session.execute(
             update(ExecutionRecord)
             .where(col(ExecutionRecord.job_id) == job.id, col(ExecutionRecord.compute_state).in_(
                 [ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]))
-            .values(desired_state=DesiredState.STOPPED, modify_time=now)
+            .values(desired_state=DesiredState.STOPPED, state_message=why, modify_time=now)
         )
         session.execute(
             update(ExecutionRecord)
             .where(col(ExecutionRecord.job_id) == job.id, col(ExecutionRecord.compute_state) == ExecutionState.NEW)
-            .values(compute_state=ExecutionState.CANCELLED, state_message=f"job is {state}")
+            .values(compute_state=ExecutionState.CANCELLED)
         )
+
+    def stop_job(self, namespace: str, ref: str, reason: str = "") -> JobRecord:
+        """Stop a job: waiting executions are cancelled, running ones are cancelled on their agents.
+        Stopping a stopped job changes nothing; a completed job cannot be stopped."""
+        job_id = self.find_job(namespace, ref).id
+        with self._tx() as session:
+            job = session.get(JobRecord, job_id)
+            if job is None:
+                raise NotFound(f"job not found: {ref}")
+            if job.state == JobState.COMPLETED:
+                raise Conflict(f"job {job.id} is Completed: a completed job cannot be stopped")
+            if job.state != JobState.STOPPED:
+                self._end_job(session, job, JobState.STOPPED, reason or "Job requested to stop before completion",
+                              now_ns())
+        return job
 
     @staticmethod
     def _touch(session: Session, execution: ExecutionRecord, now: int) -> None:

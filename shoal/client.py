@@ -68,6 +68,11 @@ class Client:
         items: list[dict[str, Any]] = self.request("GET", f"{_JOBS}/{ref}/executions", params=params)["Items"]
         return items
 
+    def stop(self, ref: str, *, reason: str = "", namespace: str = "") -> dict[str, Any]:
+        params = {k: v for k, v in {"reason": reason, "namespace": namespace}.items() if v}
+        result: dict[str, Any] = self.request("DELETE", f"{_JOBS}/{ref}", params=params)
+        return result
+
     def results(self, ref: str, *, namespace: str = "") -> list[dict[str, Any]]:
         params = {"namespace": namespace} if namespace else {}
         items: list[dict[str, Any]] = self.request("GET", f"{_JOBS}/{ref}/results", params=params)["Items"]

@@ -117,6 +117,21 @@ def executions(ref: str, namespace: str, output_format: str, api_url: str) -> No
 
 @job.command()
 @click.argument("ref")
+@click.option("--namespace", default="")
+@click.option("--reason", default="", help="Why, recorded on the job.")
+@click.option("--quiet", is_flag=True, help="Print nothing on success.")
+@api_options
+def stop(ref: str, namespace: str, reason: str, quiet: bool, api_url: str) -> None:
+    """Stop a job: its running executions are cancelled on their agents."""
+    with Client(api_url) as api:
+        job_id = api.job(ref, namespace=namespace)["Job"]["ID"]
+        api.stop(job_id, reason=reason, namespace=namespace)
+    if not quiet:
+        click.echo(f"Job {short(job_id)} stopped")
+
+
+@job.command()
+@click.argument("ref")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the results (default ./job-<id>).")
 @click.option("--raw", is_flag=True, help="Keep each execution's files apart in raw/<executionID>/.")
