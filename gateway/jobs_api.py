@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway import wire
+from gateway import history, wire
 from gateway.errors import BadRequest
 from gateway.models import ExecutionState, JobRecord
 from gateway.services import query_int, read_body, services
@@ -98,6 +98,9 @@ async def get_job(request: Request) -> JSONResponse:
     job = await _job(request)
     include = {part.strip().lower() for part in request.query_params.get("include", "").split(",")}
     body: dict[str, Any] = {"Job": wire.job(job)}
+    if "history" in include:
+        events = await run_in_threadpool(services(request).store.history, job.id, limit=1000)
+        body["History"] = {"Items": [history.wire(e) for e in events], "NextToken": ""}
     if "executions" in include:
         executions = await run_in_threadpool(services(request).store.executions, job.id)
         body["Executions"] = {"Items": [wire.execution(e) for e in executions], "NextToken": ""}
@@ -117,6 +120,24 @@ async def stop(request: Request) -> JSONResponse:
     await run_in_threadpool(svc.store.stop_job, namespace, request.path_params["ref"], reason)
     svc.work.notify()  # waiting polls carry the cancellations to the agents now
     return JSONResponse({"EvaluationID": ""})
+
+
+async def job_history(request: Request) -> JSONResponse:
+    """The job's events, oldest first; `next_token` is the sequence number to continue after."""
+    job = await _job(request)
+    level = request.query_params.get("event_type") or "all"
+    if level not in ("all", "job", "execution"):
+        raise BadRequest("event_type: must be all, job or execution")
+    limit = query_int(request, "limit", 100, minimum=1, maximum=1000)
+    after = query_int(request, "next_token", 0, maximum=2**62)
+    since = query_int(request, "since", 0, maximum=2**40)
+    events = await run_in_threadpool(
+        services(request).store.history, job.id, after=after, limit=limit + 1, level=level,
+        execution_id=request.query_params.get("execution_id", ""), since_ns=since * 1_000_000_000,
+    )
+    page = events[:limit]
+    next_token = str(page[-1].seq) if len(events) > limit else ""
+    return JSONResponse({"Items": [history.wire(e) for e in page], "NextToken": next_token})
 
 
 async def results(request: Request) -> JSONResponse:
@@ -153,4 +174,5 @@ routes = [
     Route(_JOBS + "/{ref}", stop, methods=["DELETE"]),
     Route(_JOBS + "/{ref}/executions", list_executions, methods=["GET"]),
     Route(_JOBS + "/{ref}/results", results, methods=["GET"]),
+    Route(_JOBS + "/{ref}/history", job_history, methods=["GET"]),
 ]

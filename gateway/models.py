@@ -114,3 +114,21 @@ class NodeRecord(SQLModel, table=True):
     connection: str = NodeConnection.CONNECTED
     last_heartbeat: int = Field(sa_column=Column(BigInteger, nullable=False))
     create_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class EventRecord(SQLModel, table=True):
+    """One entry of a job's history: a job-level or an execution-level event."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_job", "job_id", "seq"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    job_id: str
+    job_version: int = 1
+    execution_id: str = ""
+    topic: str
+    message: str
+    previous_state: str = ""
+    new_state: str = ""
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    time: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -20,11 +20,14 @@ from sqlalchemy import Engine, exists, func, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
+from gateway import history
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gateway.history import Topic
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
     DesiredState,
+    EventRecord,
     ExecutionRecord,
     ExecutionState,
     JobRecord,
@@ -117,6 +120,7 @@ class Store:
             record.state, record.state_message = JobState.COMPLETED, "Count is 0: nothing to run"
         with self._tx() as session:
             session.add(record)
+            history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
             for index in range(count):
                 session.add(self._new_execution(record, job.task.Engine.Type, index, attempt=1, now=now))
         return record
@@ -175,6 +179,12 @@ class Store:
             rows = list(session.exec(query.offset(offset).limit(limit + 1)).all())
         return rows[:limit], len(rows) > limit
 
+    def history(self, job_id: str, *, after: int = 0, limit: int = 100, level: str = "all",
+                execution_id: str = "", since_ns: int = 0) -> list[EventRecord]:
+        with self._read() as session:
+            return history.read(session, job_id, after=after, limit=limit, level=level, execution_id=execution_id,
+                                since_ns=since_ns)
+
     def executions(self, job_id: str) -> list[ExecutionRecord]:
         with self._read() as session:
             query = select(ExecutionRecord).where(col(ExecutionRecord.job_id) == job_id)
@@ -224,13 +234,17 @@ class Store:
                     .values(lease_expires=now + self.lease_ns)
                 )
             # executions it was told to stop and no longer runs have stopped
-            session.execute(
-                update(ExecutionRecord)
-                .where(col(ExecutionRecord.id).not_in(list(running)), *mine,
-                       col(ExecutionRecord.desired_state) == DesiredState.STOPPED)
-                .values(compute_state=ExecutionState.CANCELLED, lease_expires=None, modify_time=now)
-            )
+            stopped = session.exec(
+                select(ExecutionRecord).where(col(ExecutionRecord.id).not_in(list(running)), *mine,
+                                              col(ExecutionRecord.desired_state) == DesiredState.STOPPED)
+            ).all()
+            for execution in stopped:
+                self._set_state(session, execution, ExecutionState.CANCELLED, execution.state_message, now=now)
         return node
+
+    def nodes(self) -> list[NodeRecord]:
+        with self._read() as session:
+            return list(session.exec(select(NodeRecord).order_by(col(NodeRecord.create_time))).all())
 
     # -- claim and run ----------------------------------------------------------------------------------
 
@@ -277,11 +291,14 @@ class Store:
             executions = session.exec(select(ExecutionRecord).where(col(ExecutionRecord.id).in_(claimed_ids))).all()
             job_ids = {execution.job_id for execution in executions}
             jobs = {job.id: job for job in session.exec(select(JobRecord).where(col(JobRecord.id).in_(job_ids)))}
-            session.execute(
-                update(JobRecord)
-                .where(col(JobRecord.id).in_(job_ids), col(JobRecord.state).in_([JobState.PENDING, JobState.QUEUED]))
-                .values(state=JobState.RUNNING, modify_time=now, revision=JobRecord.revision + 1)
-            )
+            for execution in executions:
+                history.execution_event(session, execution, Topic.SCHEDULING, f"Requested execution on {node.id}",
+                                        previous=ExecutionState.NEW, now=now)
+            for job in jobs.values():
+                if job.state in (JobState.PENDING, JobState.QUEUED):
+                    previous, job.state = job.state, JobState.RUNNING
+                    job.modify_time, job.revision = now, job.revision + 1
+                    history.job_event(session, job, Topic.STATE_UPDATE, "Running", previous=previous, now=now)
         return [Claimed(execution, jobs[execution.job_id]) for execution in executions]
 
     def _assigned(self, session: Session, node_id: str, execution_id: str) -> ExecutionRecord:
@@ -297,10 +314,9 @@ class Store:
         now = now_ns()
         with self._tx() as session:
             execution = self._assigned(session, node_id, execution_id)
-            execution.compute_state = state
-            execution.state_message = message
             execution.lease_expires = now + self.lease_ns
-            self._touch(session, execution, now)
+            if execution.compute_state != state:
+                self._set_state(session, execution, state, message or str(state), now=now)
 
     def begin_publish(self, node_id: str, execution_id: str, size: int, sha256: str, prefix: str) -> str:
         """Record the size and digest an agent will upload; returns the object key it may write."""
@@ -308,11 +324,11 @@ class Store:
         with self._tx() as session:
             execution = self._assigned(session, node_id, execution_id)
             key = f"{prefix.strip('/')}/{execution.job_id}/{execution.id}.tar.gz".lstrip("/")
-            execution.compute_state = ExecutionState.PUBLISHING
             execution.upload_size, execution.upload_sha256 = size, sha256
             execution.result_key = key
             execution.lease_expires = now + self.lease_ns
-            self._touch(session, execution, now)
+            self._set_state(session, execution, ExecutionState.PUBLISHING, "Publishing results",
+                            details={"Size": size, "SHA256": sha256}, now=now)
         return key
 
     def upload_of(self, node_id: str, execution_id: str) -> ExecutionRecord:
@@ -325,8 +341,6 @@ class Store:
         now = now_ns()
         with self._tx() as session:
             execution = self._assigned(session, node_id, execution_id)
-            execution.compute_state = ExecutionState.COMPLETED
-            execution.state_message = ""
             execution.exit_code = outcome.exit_code
             execution.stdout, execution.stdout_truncated = _capped(outcome.stdout, outcome.stdout_truncated)
             execution.stderr, execution.stderr_truncated = _capped(outcome.stderr, outcome.stderr_truncated)
@@ -335,7 +349,8 @@ class Store:
             else:
                 execution.result_key = None
             execution.lease_expires = None
-            self._touch(session, execution, now)
+            self._set_state(session, execution, ExecutionState.COMPLETED, "Completed successfully",
+                            details={"ExitCode": outcome.exit_code}, now=now)
             self._settle_job(session, execution.job_id, now)
 
     def fail(self, node_id: str, execution_id: str, message: str) -> bool:
@@ -346,10 +361,10 @@ class Store:
             return self._fail(session, execution, message, now)
 
     def _fail(self, session: Session, execution: ExecutionRecord, message: str, now: int) -> bool:
-        execution.compute_state = ExecutionState.FAILED
-        execution.state_message = message[:4096]
         execution.lease_expires = None
-        self._touch(session, execution, now)
+        topic = Topic.EXEC_TIMEOUT if "timed out" in message else Topic.EXECUTION
+        self._set_state(session, execution, ExecutionState.FAILED, message[:4096], topic=topic,
+                        details={"IsError": True, "FailsExecution": True}, now=now)
         job = session.get(JobRecord, execution.job_id)
         if job is None or JobState(job.state).terminal:
             return False
@@ -357,6 +372,10 @@ class Store:
             retry = self._new_execution(job, execution.engine, execution.partition_index,
                                         attempt=execution.attempt + 1, now=now)
             session.add(retry)
+            history.execution_event(
+                session, retry, Topic.SCHEDULING,
+                f"Retrying partition {retry.partition_index} (attempt {retry.attempt} of {self.max_attempts})",
+                now=now)
             return True
         self._end_job(
             session, job, JobState.FAILED,
@@ -380,22 +399,24 @@ class Store:
             self._end_job(session, job, JobState.COMPLETED, "", now)
 
     def _end_job(self, session: Session, job: JobRecord, state: JobState, message: str, now: int) -> None:
+        previous = job.state
         job.state, job.state_message = state, message
         job.modify_time, job.revision = now, job.revision + 1
         session.add(job)
+        event = {JobState.STOPPED: message, JobState.COMPLETED: "Job completed"}.get(state, message)
+        history.job_event(session, job, Topic.STATE_UPDATE, event, previous=previous, now=now,
+                          details={"IsError": True} if state == JobState.FAILED else None)
         why = "Execution stop requested because job " + {
             JobState.STOPPED: "has been stopped", JobState.FAILED: "has failed"}.get(state, f"is {state}")
-        session.execute(
-            update(ExecutionRecord)
-            .where(col(ExecutionRecord.job_id) == job.id, col(ExecutionRecord.compute_state).in_(
-                [ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]))
-            .values(desired_state=DesiredState.STOPPED, state_message=why, modify_time=now)
-        )
-        session.execute(
-            update(ExecutionRecord)
-            .where(col(ExecutionRecord.job_id) == job.id, col(ExecutionRecord.compute_state) == ExecutionState.NEW)
-            .values(compute_state=ExecutionState.CANCELLED)
-        )
+        unfinished = session.exec(select(ExecutionRecord).where(
+            col(ExecutionRecord.job_id) == job.id,
+            col(ExecutionRecord.compute_state).in_([ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]),
+        )).all()
+        for execution in unfinished:
+            execution.desired_state = DesiredState.STOPPED
+            # waiting executions end here; running ones when their agent has stopped them
+            ended = ExecutionState.CANCELLED if execution.compute_state == ExecutionState.NEW else None
+            self._set_state(session, execution, ended or ExecutionState(execution.compute_state), why, now=now)
 
     def stop_job(self, namespace: str, ref: str, reason: str = "") -> JobRecord:
         """Stop a job: waiting executions are cancelled, running ones are cancelled on their agents.
@@ -413,10 +434,14 @@ class Store:
         return job
 
     @staticmethod
-    def _touch(session: Session, execution: ExecutionRecord, now: int) -> None:
-        execution.modify_time = now
-        execution.revision += 1
+    def _set_state(session: Session, execution: ExecutionRecord, state: ExecutionState, message: str, *,
+                   topic: Topic = Topic.EXECUTION, details: dict[str, Any] | None = None, now: int) -> None:
+        """Change an execution's state (or only its message) and record it in the job's history."""
+        previous = execution.compute_state
+        execution.compute_state, execution.state_message = state, message
+        execution.modify_time, execution.revision = now, execution.revision + 1
         session.add(execution)
+        history.execution_event(session, execution, topic, message, previous=previous, details=details, now=now)
 
     # -- housekeeping -----------------------------------------------------------------------------------
 
@@ -434,9 +459,9 @@ class Store:
                 .with_for_update(skip_locked=True)
             ).all()
             for execution in expired:
+                execution.lease_expires = None
                 if execution.desired_state == DesiredState.STOPPED:
-                    execution.compute_state, execution.lease_expires = ExecutionState.CANCELLED, None
-                    self._touch(session, execution, now)
+                    self._set_state(session, execution, ExecutionState.CANCELLED, execution.state_message, now=now)
                     continue
                 message = f"lease expired: node {execution.node_id} stopped reporting on this execution"
                 rescheduled += self._fail(session, execution, message, now)

@@ -73,6 +73,14 @@ class Client:
         result: dict[str, Any] = self.request("DELETE", f"{_JOBS}/{ref}", params=params)
         return result
 
+    def history(self, ref: str, *, event_type: str = "all", execution_id: str = "", namespace: str = "",
+                next_token: str = "", limit: int = 100) -> dict[str, Any]:
+        params = {"event_type": event_type, "execution_id": execution_id, "namespace": namespace,
+                  "next_token": next_token, "limit": limit}
+        result: dict[str, Any] = self.request("GET", f"{_JOBS}/{ref}/history",
+                                              params={k: v for k, v in params.items() if v})
+        return result
+
     def results(self, ref: str, *, namespace: str = "") -> list[dict[str, Any]]:
         params = {"namespace": namespace} if namespace else {}
         items: list[dict[str, Any]] = self.request("GET", f"{_JOBS}/{ref}/results", params=params)["Items"]

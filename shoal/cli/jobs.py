@@ -118,6 +118,37 @@ def executions(ref: str, namespace: str, output_format: str, api_url: str) -> No
 @job.command()
 @click.argument("ref")
 @click.option("--namespace", default="")
+@click.option("--event-type", type=click.Choice(["all", "job", "execution"]), default="all", show_default=True)
+@click.option("--execution-id", default="", help="Only this execution's events.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--next-token", default="")
+@output_option("table")
+@api_options
+def history(ref: str, namespace: str, event_type: str, execution_id: str, limit: int, next_token: str,
+            output_format: str, api_url: str) -> None:
+    """A job's history: job and execution events, oldest first."""
+    with Client(api_url) as api:
+        job_id = api.job(ref, namespace=namespace)["Job"]["ID"]
+        reply = api.history(job_id, event_type=event_type, execution_id=execution_id, namespace=namespace,
+                            next_token=next_token, limit=limit)
+    if output_format != "table":
+        dump(reply, output_format)
+        return
+    rows = []
+    for item in reply["Items"]:
+        states = item["ExecutionState"] or item["JobState"]
+        change = f"{states['Previous']} → {states['New']}" if states["Previous"] != states["New"] else states["New"]
+        level = "Execution" if item["ExecutionID"] else "Job"
+        rows.append([when(item["Time"]), level, short(item["ExecutionID"]) if item["ExecutionID"] else "",
+                     item["Event"]["Topic"], change, item["Event"]["Message"][:80]])
+    table(["TIME", "LEVEL", "EXECUTION", "TOPIC", "STATE", "EVENT"], rows)
+    if reply.get("NextToken"):
+        click.echo(f"\nMore: shoal job history {short(job_id)} --next-token {reply['NextToken']}")
+
+
+@job.command()
+@click.argument("ref")
+@click.option("--namespace", default="")
 @click.option("--reason", default="", help="Why, recorded on the job.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @api_options

@@ -1,0 +1,68 @@
+"""Job history: what happened to a job and its executions, in order, with Bacalhau's topics and messages.
+
+Events are written in the same transaction as the change they describe.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from gateway.models import EventRecord, ExecutionRecord, JobRecord
+
+
+class Topic(StrEnum):
+    SUBMISSION = "Submission"
+    STATE_UPDATE = "State Update"
+    SCHEDULING = "Scheduling"
+    QUEUEING = "Queueing"
+    EXEC_TIMEOUT = "Exec Timeout"
+    JOB_TIMEOUT = "Job Timeout"
+    EXECUTION = "Execution"
+
+
+def job_event(session: Session, job: JobRecord, topic: Topic, message: str, *, previous: str = "",
+              details: dict[str, Any] | None = None, now: int) -> None:
+    session.add(EventRecord(job_id=job.id, job_version=job.version, topic=topic, message=message,
+                            previous_state=previous, new_state=job.state, details=details or {}, time=now))
+
+
+def execution_event(session: Session, execution: ExecutionRecord, topic: Topic, message: str, *,
+                    previous: str = "", details: dict[str, Any] | None = None, now: int) -> None:
+    session.add(EventRecord(job_id=execution.job_id, job_version=execution.job_version, execution_id=execution.id,
+                            topic=topic, message=message, previous_state=previous,
+                            new_state=execution.compute_state, details=details or {}, time=now))
+
+
+def read(session: Session, job_id: str, *, after: int, limit: int, level: str = "all",
+         execution_id: str = "", since_ns: int = 0) -> list[EventRecord]:
+    """Events after sequence number `after`, oldest first; `level` is all, job or execution."""
+    query = select(EventRecord).where(col(EventRecord.job_id) == job_id, col(EventRecord.seq) > after)
+    if level == "job":
+        query = query.where(col(EventRecord.execution_id) == "")
+    elif level == "execution":
+        query = query.where(col(EventRecord.execution_id) != "")
+    if execution_id:
+        query = query.where(col(EventRecord.execution_id) == execution_id)
+    if since_ns:
+        query = query.where(col(EventRecord.time) >= since_ns)
+    return list(session.exec(query.order_by(col(EventRecord.seq)).limit(limit)).all())
+
+
+def wire(event: EventRecord) -> dict[str, Any]:
+    """Bacalhau's `JobHistory` shape."""
+    level = "ExecutionLevel" if event.execution_id else "JobLevel"
+    states = {"Previous": event.previous_state, "New": event.new_state}
+    return {
+        "SeqNum": event.seq,
+        "Type": level,
+        "JobID": event.job_id,
+        "JobVersion": event.job_version,
+        "ExecutionID": event.execution_id,
+        "Event": {"Message": event.message, "Topic": event.topic, "Timestamp": event.time, "Details": event.details},
+        "Time": event.time,
+        "JobState": None if event.execution_id else states,
+        "ExecutionState": states if event.execution_id else None,
+    }
