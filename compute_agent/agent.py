@@ -120,6 +120,8 @@ class Agent:
             except GatewayError as exc:
                 failures += 1
                 log.warning("poll failed (%s); retrying", exc)
+                if exc.status == 403:  # rejected: nothing this node runs will be accepted any more
+                    self._cancel_all()
                 await self._retry_later(failures)
                 continue
             if reply is None:
@@ -238,10 +240,13 @@ class Agent:
         finally:
             await asyncio.to_thread(run.remove)
 
-    async def _shutdown(self) -> None:
+    def _cancel_all(self) -> None:
         for task, cancel in list(self._running.values()):
             cancel.set()
             task.cancel()
+
+    async def _shutdown(self) -> None:
+        self._cancel_all()
         await asyncio.gather(*(task for task, _ in self._running.values()), return_exceptions=True)
 
 

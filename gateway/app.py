@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import agent_api, compute_api, housekeeping, jobs_api, objects_api
+from gateway import agent_api, compute_api, housekeeping, jobs_api, nodes_api, objects_api
 from gateway.db import make_engine
 from gateway.errors import GatewayError
 from gateway.notify import WorkSignal
@@ -32,7 +32,8 @@ def create_app(settings: Settings) -> Starlette:
     engine = make_engine(settings.database)
     svc = Services(
         settings=settings,
-        store=Store(engine, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts),
+        store=Store(engine, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
+                    manual_approval=settings.manual_approval),
         objects=make_object_store(settings),
         work=WorkSignal(),
     )
@@ -49,7 +50,7 @@ def create_app(settings: Settings) -> Starlette:
             engine.dispose()
 
     app = Starlette(
-        routes=[*jobs_api.routes, *compute_api.routes, *objects_api.routes, *agent_api.routes],
+        routes=[*jobs_api.routes, *nodes_api.routes, *compute_api.routes, *objects_api.routes, *agent_api.routes],
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )

@@ -14,8 +14,8 @@ log = logging.getLogger("shoal.gateway.housekeeping")
 
 def sweep(svc: Services) -> int:
     """One pass; returns how many executions were rescheduled."""
-    svc.store.disconnect_silent_nodes(svc.settings.disconnect_seconds)
-    return svc.store.expire_leases()
+    rescheduled = svc.store.disconnect_silent_nodes(svc.settings.disconnect_seconds)
+    return rescheduled + svc.store.expire_leases()
 
 
 async def run_forever(svc: Services) -> None:

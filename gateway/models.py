@@ -41,6 +41,12 @@ class ExecutionState(StrEnum):
 ACTIVE_EXECUTION_STATES = (ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING, ExecutionState.PUBLISHING)
 
 
+class NodeMembership(StrEnum):
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+
 class NodeConnection(StrEnum):
     CONNECTED = "CONNECTED"
     DISCONNECTED = "DISCONNECTED"
@@ -110,7 +116,7 @@ class NodeRecord(SQLModel, table=True):
     publishers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     capacity: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     version: str = ""
-    membership: str = "APPROVED"
+    membership: str = NodeMembership.APPROVED
     connection: str = NodeConnection.CONNECTED
     last_heartbeat: int = Field(sa_column=Column(BigInteger, nullable=False))
     create_time: int = Field(sa_column=Column(BigInteger, nullable=False))

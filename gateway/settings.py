@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ class Settings:
     disconnect_seconds: float = 60.0
     max_attempts: int = 3
     join_token: str = ""
+    manual_approval: bool = False
     max_body_bytes: int = 10 << 20
     max_result_bytes: int = 10 << 30
 
@@ -70,7 +71,14 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
-_ENV_FIELDS: dict[str, type] = {
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"{text!r} is not true or false")
+    return value in ("1", "true", "yes", "on")
+
+
+_ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "host": str,
     "port": int,
     "public_url": str,
@@ -87,6 +95,7 @@ _ENV_FIELDS: dict[str, type] = {
     "disconnect_seconds": float,
     "max_attempts": int,
     "join_token": str,
+    "manual_approval": _flag,
     "max_body_bytes": int,
     "max_result_bytes": int,
 }

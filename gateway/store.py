@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from gateway import history
 from gateway.db import READ_ONLY
-from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from gateway.history import Topic
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
@@ -33,6 +33,7 @@ from gateway.models import (
     JobRecord,
     JobState,
     NodeConnection,
+    NodeMembership,
     NodeRecord,
 )
 from shoal.spec import Job
@@ -81,8 +82,10 @@ class Claimed:
 class Store:
     """Jobs, executions and nodes in SQL; `lease_seconds` and `max_attempts` come from the settings."""
 
-    def __init__(self, engine: Engine, *, lease_seconds: float, max_attempts: int) -> None:
+    def __init__(self, engine: Engine, *, lease_seconds: float, max_attempts: int,
+                 manual_approval: bool = False) -> None:
         self.engine = engine
+        self.manual_approval = manual_approval
         self._reader = engine.execution_options(**READ_ONLY)
         self.lease_ns = int(lease_seconds * 1e9)
         self.max_attempts = max_attempts
@@ -197,8 +200,9 @@ class Store:
         """A new node and its credential (shown once; only its hash is stored)."""
         credential = NODE_CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
         now = now_ns()
+        membership = NodeMembership.PENDING if self.manual_approval else NodeMembership.APPROVED
         node = NodeRecord(id=f"n-{uuid.uuid4()}", credential_sha256=_sha256(credential), last_heartbeat=now,
-                          create_time=now)
+                          create_time=now, membership=membership)
         _apply_info(node, info)
         with self._tx() as session:
             session.add(node)
@@ -211,6 +215,8 @@ class Store:
             ).first()
         if node is None:
             raise Unauthorized("unknown node credential; register the agent again")
+        if node.membership == NodeMembership.REJECTED:
+            raise Forbidden(f"node {node.id} has been rejected")
         return node
 
     def heartbeat(self, node_id: str, info: NodeInfo | None, running: Sequence[str]) -> NodeRecord:
@@ -250,7 +256,7 @@ class Store:
 
     def claim(self, node: NodeRecord, limit: int) -> list[Claimed]:
         """Atomically assign up to `limit` waiting executions this node can run."""
-        if limit <= 0 or not node.engines:
+        if limit <= 0 or not node.engines or node.membership != NodeMembership.APPROVED:
             return []
         now = now_ns()
         prior = aliased(ExecutionRecord)
@@ -468,14 +474,68 @@ class Store:
         return rescheduled
 
     def disconnect_silent_nodes(self, silence_seconds: float) -> int:
-        cutoff = now_ns() - int(silence_seconds * 1e9)
+        """Nodes silent for too long become DISCONNECTED; their executions fail and are rescheduled.
+        Returns how many executions were rescheduled."""
+        now = now_ns()
+        cutoff = now - int(silence_seconds * 1e9)
+        rescheduled = 0
         with self._tx() as session:
-            result = session.execute(
-                update(NodeRecord)
-                .where(col(NodeRecord.connection) == NodeConnection.CONNECTED, col(NodeRecord.last_heartbeat) < cutoff)
-                .values(connection=NodeConnection.DISCONNECTED)
-            )
-        return int(getattr(result, "rowcount", 0) or 0)
+            silent = session.exec(select(NodeRecord).where(
+                col(NodeRecord.connection) == NodeConnection.CONNECTED, col(NodeRecord.last_heartbeat) < cutoff,
+            ).with_for_update(skip_locked=True)).all()
+            for node in silent:
+                node.connection = NodeConnection.DISCONNECTED
+                session.add(node)
+                rescheduled += self._fail_node_executions(
+                    session, node.id, f"node {node.id} disconnected: no heartbeat for {silence_seconds:g}s", now)
+        return rescheduled
+
+    def _fail_node_executions(self, session: Session, node_id: str, message: str, now: int) -> int:
+        active = session.exec(select(ExecutionRecord).where(
+            col(ExecutionRecord.node_id) == node_id,
+            col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
+        )).all()
+        return sum(self._fail(session, execution, message, now) for execution in active)
+
+    def find_node(self, ref: str) -> NodeRecord:
+        """A node by ID or unique ID prefix."""
+        with self._read() as session:
+            found = session.get(NodeRecord, ref)
+            if found:
+                return found
+            matches = session.exec(
+                select(NodeRecord).where(col(NodeRecord.id).startswith(ref, autoescape=True)).limit(3)).all()
+        if len(matches) > 1:
+            raise BadRequest(f"node ID prefix {ref!r} is ambiguous: it matches several nodes; give more characters")
+        if not matches:
+            raise NotFound(f"node not found: {ref}")
+        return matches[0]
+
+    def set_membership(self, ref: str, membership: NodeMembership) -> tuple[NodeRecord, int]:
+        """Approve or reject a node; a rejected node's executions fail and are rescheduled elsewhere."""
+        node_id = self.find_node(ref).id
+        now = now_ns()
+        with self._tx() as session:
+            node = session.get(NodeRecord, node_id)
+            if node is None:
+                raise NotFound(f"node not found: {ref}")
+            node.membership = membership
+            session.add(node)
+            rescheduled = 0
+            if membership == NodeMembership.REJECTED:
+                rescheduled = self._fail_node_executions(session, node.id, f"node {node.id} has been rejected", now)
+        return node, rescheduled
+
+    def delete_node(self, ref: str) -> int:
+        """Forget a node (its credential stops working); its executions fail and are rescheduled."""
+        node_id = self.find_node(ref).id
+        with self._tx() as session:
+            node = session.get(NodeRecord, node_id)
+            if node is None:
+                raise NotFound(f"node not found: {ref}")
+            rescheduled = self._fail_node_executions(session, node.id, f"node {node.id} has been deleted", now_ns())
+            session.delete(node)
+        return rescheduled
 
     def stopped_among(self, node_id: str, running: Sequence[str]) -> list[str]:
         """Which of the executions an agent runs it should stop: stopped, ended, or no longer its own."""

@@ -55,6 +55,7 @@ def node(record: NodeRecord) -> dict[str, Any]:
     return {
         "Info": {
             "NodeID": record.id,
+            "Name": record.name,
             "NodeType": "Compute",
             "Labels": record.labels,
             "BacalhauVersion": {"GitVersion": record.version},
@@ -65,5 +66,7 @@ def node(record: NodeRecord) -> dict[str, Any]:
             },
         },
         "Membership": record.membership,
-        "ConnectionState": {"Status": record.connection, "LastHeartbeat": record.last_heartbeat},
+        "Connection": record.connection,
+        "ConnectionState": {"Status": record.connection, "LastHeartbeat": record.last_heartbeat,
+                            "ConnectedSince": record.create_time},
     }

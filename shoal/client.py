@@ -97,6 +97,22 @@ class Client:
                 raise ShoalError(f"job {job['ID']} is still {job['State']['StateType']} after {timeout:.0f}s")
             time.sleep(interval)
 
+    # -- nodes ------------------------------------------------------------------------------------------
+
+    def nodes(self, **filters: str) -> list[dict[str, Any]]:
+        params = {k.replace("_", "-"): v for k, v in filters.items() if v}
+        items: list[dict[str, Any]] = self.request("GET", "/api/v1/orchestrator/nodes", params=params)["Nodes"]
+        return items
+
+    def node(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/api/v1/orchestrator/nodes/{ref}")["Node"]
+        return result
+
+    def node_action(self, ref: str, action: str, message: str = "") -> dict[str, Any]:
+        body = {"Action": action, "NodeID": ref, "Message": message}
+        result: dict[str, Any] = self.request("PUT", "/api/v1/orchestrator/nodes", json=body)
+        return result
+
     # -- agent ------------------------------------------------------------------------------------------
 
     def alive(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from shoal import __version__
-from shoal.cli import jobs, processes, submit
+from shoal.cli import jobs, nodes, processes, submit
 from shoal.errors import ShoalError
 
 
@@ -23,6 +23,7 @@ cli.add_command(processes.agent)
 cli.add_command(submit.docker)
 cli.add_command(submit.wasm)
 cli.add_command(jobs.job)
+cli.add_command(nodes.node)
 
 
 def main() -> None:
