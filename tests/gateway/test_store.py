@@ -286,12 +286,18 @@ def test_heartbeat_marks_the_node_connected_and_updates_its_info(store: Store) -
 
 def test_silent_nodes_are_disconnected(store: Store) -> None:
     silent, talking = node(store), node(store)
+    job = store.submit(wasm())
+    [claimed] = store.claim(silent, 1)
     silence = 1.0
     wait_for(lambda: time.time_ns() > silent.last_heartbeat + int(silence * 1e9), timeout=10,
              what="the node to be silent")
     store.heartbeat(talking.id, None, [])
-    assert store.disconnect_silent_nodes(silence) == 1
+    assert store.disconnect_silent_nodes(silence) == 1  # its execution, rescheduled
     assert store.disconnect_silent_nodes(silence) == 0  # already disconnected
+    lost, retry = store.executions(job.id)
+    assert lost.id == claimed.execution.id and lost.compute_state == "Failed"
+    assert f"node {silent.id} disconnected" in lost.state_message
+    assert (retry.compute_state, retry.attempt, retry.partition_index) == ("New", 2, 0)
     connection = {n.id: n.connection for n in store.nodes()}
     assert connection == {silent.id: NodeConnection.DISCONNECTED, talking.id: NodeConnection.CONNECTED}
     store.heartbeat(silent.id, None, [])
