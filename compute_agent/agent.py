@@ -45,6 +45,7 @@ class Agent:
         self.executors = executors if executors is not None else default_executors()
         self.node_id = ""
         self.poll_seconds = settings.poll_seconds
+        self.capacity = settings.capacity()
         self._gateway = GatewayClient(settings.gateway_url, poll_seconds=settings.poll_seconds)
         self._downloads = httpx.AsyncClient(timeout=60)
         self._running: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}
@@ -77,7 +78,7 @@ class Agent:
             | self.settings.labels,
             "Engines": engines,
             "Publishers": list(PUBLISHERS),
-            "Capacity": {"CPU": os.cpu_count() or 1, "Slots": self.settings.slots},
+            "Capacity": self.capacity,
             "Version": __version__,
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,9 @@ class AgentSettings:
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     max_executions: int = 0
+    cpu: float = 0.0
+    memory: int = 0
+    disk: int = 0
     poll_seconds: float = 20.0
     max_input_bytes: int = 10 << 30
     max_output_bytes: int = 1 << 30
@@ -25,3 +29,16 @@ class AgentSettings:
     @property
     def slots(self) -> int:
         return self.max_executions or max(1, os.cpu_count() or 1)
+
+    def capacity(self) -> dict[str, float]:
+        """What this node offers: the flags' values, else 80% of the host (as Bacalhau allocates)."""
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        disk = shutil.disk_usage(self.data_dir).free
+        return {
+            "CPU": self.cpu or round((os.cpu_count() or 1) * 0.8, 3),
+            "Memory": self.memory or int(memory * 0.8),
+            "Disk": self.disk or int(disk * 0.8),
+            "GPU": 0,
+            "Slots": self.slots,
+        }

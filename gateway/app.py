@@ -33,7 +33,8 @@ def create_app(settings: Settings) -> Starlette:
     svc = Services(
         settings=settings,
         store=Store(engine, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-                    manual_approval=settings.manual_approval),
+                    manual_approval=settings.manual_approval, default_cpu=settings.default_cpu,
+                    default_memory=settings.default_memory, queue_timeout=settings.queue_timeout),
         objects=make_object_store(settings),
         work=WorkSignal(),
     )

@@ -106,7 +106,7 @@ async def poll(request: Request) -> Response:
     except (TypeError, ValueError):
         raise BadRequest("FreeSlots and Wait: must be numbers") from None
     info = _node_info(body) if "Engines" in body else None
-    node = await run_in_threadpool(svc.store.heartbeat, node.id, info, running)
+    node = await run_in_threadpool(svc.store.heartbeat, node.id, info, running, free)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:

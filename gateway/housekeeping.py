@@ -15,7 +15,9 @@ log = logging.getLogger("shoal.gateway.housekeeping")
 def sweep(svc: Services) -> int:
     """One pass; returns how many executions were rescheduled."""
     rescheduled = svc.store.disconnect_silent_nodes(svc.settings.disconnect_seconds)
-    return rescheduled + svc.store.expire_leases()
+    rescheduled += svc.store.expire_leases()
+    svc.store.expire_jobs()
+    return rescheduled
 
 
 async def run_forever(svc: Services) -> None:

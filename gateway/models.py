@@ -65,6 +65,8 @@ class JobRecord(SQLModel, table=True):
     version: int = 1
     revision: int = 1
     count: int = 1
+    queue_timeout: int = 0
+    total_timeout: int = 0
     spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     create_time: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     modify_time: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -85,6 +87,10 @@ class ExecutionRecord(SQLModel, table=True):
     partition_index: int = 0
     attempt: int = 1
     engine: str
+    cpu: float = 0.0
+    memory: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    disk: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    gpu: int = 0
     node_id: str | None = None
     desired_state: str = DesiredState.RUNNING
     compute_state: str = ExecutionState.NEW
@@ -117,6 +123,7 @@ class NodeRecord(SQLModel, table=True):
     capacity: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     version: str = ""
     membership: str = NodeMembership.APPROVED
+    free_slots: int = 0
     connection: str = NodeConnection.CONNECTED
     last_heartbeat: int = Field(sa_column=Column(BigInteger, nullable=False))
     create_time: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -34,6 +34,9 @@ class Settings:
     max_attempts: int = 3
     join_token: str = ""
     manual_approval: bool = False
+    queue_timeout: int = 0
+    default_cpu: str = "500m"
+    default_memory: str = "512Mb"
     max_body_bytes: int = 10 << 20
     max_result_bytes: int = 10 << 30
 
@@ -96,6 +99,9 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "max_attempts": int,
     "join_token": str,
     "manual_approval": _flag,
+    "queue_timeout": int,
+    "default_cpu": str,
+    "default_memory": str,
     "max_body_bytes": int,
     "max_result_bytes": int,
 }

@@ -16,11 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, exists, func, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
-from gateway import history
+from gateway import claim, history, placement
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from gateway.history import Topic
@@ -36,6 +35,7 @@ from gateway.models import (
     NodeMembership,
     NodeRecord,
 )
+from gateway.placement import Needs, Resources
 from shoal.spec import Job
 
 NODE_CREDENTIAL_PREFIX = "shoal_node_"
@@ -82,10 +82,12 @@ class Claimed:
 class Store:
     """Jobs, executions and nodes in SQL; `lease_seconds` and `max_attempts` come from the settings."""
 
-    def __init__(self, engine: Engine, *, lease_seconds: float, max_attempts: int,
-                 manual_approval: bool = False) -> None:
+    def __init__(self, engine: Engine, *, lease_seconds: float, max_attempts: int, manual_approval: bool = False,
+                 default_cpu: str = "500m", default_memory: str = "512Mb", queue_timeout: int = 0) -> None:
         self.engine = engine
         self.manual_approval = manual_approval
+        self.default_cpu, self.default_memory = default_cpu, default_memory
+        self.default_queue_timeout = queue_timeout
         self._reader = engine.execution_options(**READ_ONLY)
         self.lease_ns = int(lease_seconds * 1e9)
         self.max_attempts = max_attempts
@@ -105,31 +107,56 @@ class Store:
     # -- jobs -------------------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> JobRecord:
-        """Store a validated job and one new execution per partition."""
+        """Store a validated job and one new execution per partition. With no node able to run it, the job
+        fails at once with the reason for each node, or waits as Queued when it has a queue timeout."""
         now = now_ns()
         job_id = f"j-{uuid.uuid4()}"
         count = job.Count or 0
+        timeouts = job.task.Timeouts
         record = JobRecord(
             id=job_id,
             namespace=job.Namespace,
             name=job.Name or job_id,
             type=job.Type,
             count=count,
+            queue_timeout=timeouts.QueueTimeout or self.default_queue_timeout,
+            total_timeout=timeouts.TotalTimeout,
             spec=job.wire() | {"Name": job.Name or job_id},
             create_time=now,
             modify_time=now,
         )
-        if count == 0:
-            record.state, record.state_message = JobState.COMPLETED, "Count is 0: nothing to run"
+        needs = self.needs(record)
         with self._tx() as session:
             session.add(record)
             history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
+            if count == 0:
+                self._end_job(session, record, JobState.COMPLETED, "Count is 0: nothing to run", now)
+                return record
+            reasons = self._placement_reasons(session, needs)
+            if not any(not why for why in reasons.values()):
+                message = placement.not_enough_nodes(count, reasons)
+                if not record.queue_timeout:
+                    self._end_job(session, record, JobState.FAILED, message, now)
+                    return record
+                record.state, record.state_message = JobState.QUEUED, message
+                history.job_event(session, record, Topic.QUEUEING, "Job queued", previous=JobState.PENDING,
+                                  details={"Reason": message}, now=now)
             for index in range(count):
-                session.add(self._new_execution(record, job.task.Engine.Type, index, attempt=1, now=now))
+                session.add(self._new_execution(record, needs, index, attempt=1, now=now))
         return record
 
     @staticmethod
-    def _new_execution(job: JobRecord, engine: str, index: int, *, attempt: int, now: int) -> ExecutionRecord:
+    def _placement_reasons(session: Session, needs: Needs) -> dict[str, list[str]]:
+        """Why each connected, approved node could never run the task (judged on its whole capacity)."""
+        nodes = session.exec(select(NodeRecord).where(
+            col(NodeRecord.membership) == NodeMembership.APPROVED,
+            col(NodeRecord.connection) == NodeConnection.CONNECTED,
+        )).all()
+        return {n.id: placement.unsuitable(n.engines, n.publishers, n.labels, needs,
+                                           Resources.from_capacity(n.capacity)) for n in nodes}
+
+    @staticmethod
+    def _new_execution(job: JobRecord, needs: Needs, index: int, *, attempt: int, now: int) -> ExecutionRecord:
         return ExecutionRecord(
             id=f"e-{uuid.uuid4()}",
             job_id=job.id,
@@ -137,7 +164,11 @@ class Store:
             job_version=job.version,
             partition_index=index,
             attempt=attempt,
-            engine=engine,
+            engine=needs.engine,
+            cpu=needs.resources.cpu,
+            memory=int(needs.resources.memory),
+            disk=int(needs.resources.disk),
+            gpu=int(needs.resources.gpu),
             create_time=now,
             modify_time=now,
         )
@@ -219,7 +250,10 @@ class Store:
             raise Forbidden(f"node {node.id} has been rejected")
         return node
 
-    def heartbeat(self, node_id: str, info: NodeInfo | None, running: Sequence[str]) -> NodeRecord:
+    def needs(self, job: JobRecord) -> Needs:
+        return Needs.of(job.spec, self.default_cpu, self.default_memory)
+
+    def heartbeat(self, node_id: str, info: NodeInfo | None, running: Sequence[str], free_slots: int = 0) -> NodeRecord:
         """Record a poll: node liveness and info, and lease renewal for the executions it still runs."""
         now = now_ns()
         with self._tx() as session:
@@ -228,6 +262,7 @@ class Store:
                 raise Unauthorized("unknown node; register the agent again")
             node.last_heartbeat = now
             node.connection = NodeConnection.CONNECTED
+            node.free_slots = free_slots
             if info is not None:
                 _apply_info(node, info)
             session.add(node)
@@ -255,46 +290,20 @@ class Store:
     # -- claim and run ----------------------------------------------------------------------------------
 
     def claim(self, node: NodeRecord, limit: int) -> list[Claimed]:
-        """Atomically assign up to `limit` waiting executions this node can run."""
+        """Atomically assign up to `limit` waiting executions this node can run now."""
         if limit <= 0 or not node.engines or node.membership != NodeMembership.APPROVED:
             return []
         now = now_ns()
-        prior = aliased(ExecutionRecord)
-        tried_here = (
-            exists()
-            .where(col(prior.job_id) == ExecutionRecord.job_id)
-            .where(col(prior.partition_index) == ExecutionRecord.partition_index)
-            .where(col(prior.node_id) == node.id)
-        )
-        waiting = (
-            select(ExecutionRecord.id)
-            .where(
-                col(ExecutionRecord.compute_state) == ExecutionState.NEW,
-                col(ExecutionRecord.desired_state) == DesiredState.RUNNING,
-                col(ExecutionRecord.engine).in_(node.engines),
-                ~tried_here,
-            )
-            .order_by(col(ExecutionRecord.create_time), col(ExecutionRecord.partition_index))
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=ExecutionRecord)
-        )
         with self._tx() as session:
-            claimed_ids = session.execute(
-                update(ExecutionRecord)
-                .where(col(ExecutionRecord.id).in_(waiting.scalar_subquery()))
-                .where(col(ExecutionRecord.compute_state) == ExecutionState.NEW)
-                .values(
-                    node_id=node.id,
-                    compute_state=ExecutionState.BID_ACCEPTED,
-                    lease_expires=now + self.lease_ns,
-                    modify_time=now,
-                    revision=ExecutionRecord.revision + 1,
-                )
-                .returning(col(ExecutionRecord.id))
-            ).scalars().all()
-            if not claimed_ids:
+            executions = claim.choose(session, node.id, limit, self.needs)
+            if not executions:
                 return []
-            executions = session.exec(select(ExecutionRecord).where(col(ExecutionRecord.id).in_(claimed_ids))).all()
+            for execution in executions:
+                execution.node_id = node.id
+                execution.lease_expires = now + self.lease_ns
+                execution.compute_state = ExecutionState.BID_ACCEPTED
+                execution.modify_time, execution.revision = now, execution.revision + 1
+                session.add(execution)
             job_ids = {execution.job_id for execution in executions}
             jobs = {job.id: job for job in session.exec(select(JobRecord).where(col(JobRecord.id).in_(job_ids)))}
             for execution in executions:
@@ -375,7 +384,7 @@ class Store:
         if job is None or JobState(job.state).terminal:
             return False
         if execution.attempt < self.max_attempts:
-            retry = self._new_execution(job, execution.engine, execution.partition_index,
+            retry = self._new_execution(job, self.needs(job), execution.partition_index,
                                         attempt=execution.attempt + 1, now=now)
             session.add(retry)
             history.execution_event(
@@ -404,13 +413,14 @@ class Store:
         if done >= job.count:
             self._end_job(session, job, JobState.COMPLETED, "", now)
 
-    def _end_job(self, session: Session, job: JobRecord, state: JobState, message: str, now: int) -> None:
+    def _end_job(self, session: Session, job: JobRecord, state: JobState, message: str, now: int,
+                 topic: Topic = Topic.STATE_UPDATE) -> None:
         previous = job.state
         job.state, job.state_message = state, message
         job.modify_time, job.revision = now, job.revision + 1
         session.add(job)
         event = {JobState.STOPPED: message, JobState.COMPLETED: "Job completed"}.get(state, message)
-        history.job_event(session, job, Topic.STATE_UPDATE, event, previous=previous, now=now,
+        history.job_event(session, job, topic, event, previous=previous, now=now,
                           details={"IsError": True} if state == JobState.FAILED else None)
         why = "Execution stop requested because job " + {
             JobState.STOPPED: "has been stopped", JobState.FAILED: "has failed"}.get(state, f"is {state}")
@@ -472,6 +482,31 @@ class Store:
                 message = f"lease expired: node {execution.node_id} stopped reporting on this execution"
                 rescheduled += self._fail(session, execution, message, now)
         return rescheduled
+
+    def expire_jobs(self) -> int:
+        """Fail jobs past their TotalTimeout, and jobs that waited for a node longer than their QueueTimeout."""
+        now = now_ns()
+        ended = 0
+        with self._tx() as session:
+            waiting = session.exec(select(JobRecord).where(
+                col(JobRecord.state).in_([JobState.PENDING, JobState.QUEUED, JobState.RUNNING]),
+                (col(JobRecord.total_timeout) > 0) | (col(JobRecord.queue_timeout) > 0),
+            ).with_for_update(skip_locked=True)).all()
+            for job in waiting:
+                age = (now - job.create_time) / 1e9
+                if job.total_timeout and age > job.total_timeout:
+                    self._end_job(session, job, JobState.FAILED, f"Job timed out after {job.total_timeout}s", now,
+                                  topic=Topic.JOB_TIMEOUT)
+                elif job.queue_timeout and age > job.queue_timeout and job.state != JobState.RUNNING:
+                    reasons = self._placement_reasons(session, self.needs(job))
+                    message = placement.not_enough_nodes(job.count, reasons)
+                    self._end_job(session, job, JobState.FAILED,
+                                  f"Job waited longer than its queue timeout ({job.queue_timeout}s): {message}", now,
+                                  topic=Topic.QUEUEING)
+                else:
+                    continue
+                ended += 1
+        return ended
 
     def disconnect_silent_nodes(self, silence_seconds: float) -> int:
         """Nodes silent for too long become DISCONNECTED; their executions fail and are rescheduled.

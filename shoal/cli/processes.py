@@ -17,6 +17,7 @@ import httpx
 
 from shoal.cli.output import api_options, dump, output_option
 from shoal.client import Client
+from shoal.resources import parse_bytes, parse_cpu
 
 LABEL_HELP = "A node label K=V (repeatable)."
 
@@ -81,11 +82,14 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, verbose: bo
 @click.option("--labels", multiple=True, help=LABEL_HELP)
 @click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Work dir (~/.shoal/agent).")
 @click.option("--max-executions", default=0, help="Tasks run at once (default: one per CPU).")
+@click.option("--cpu", default="", help="CPU cores to offer, e.g. 2 or 1500m (default: 80% of the host).")
+@click.option("--memory", default="", help="Memory to offer, e.g. 4Gb (default: 80% of the host).")
+@click.option("--disk", default="", help="Disk to offer, e.g. 20Gb (default: 80% free space of --data-dir).")
 @click.option("--name", default="", help="Node name (default: the host name).")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def agent(ctx: click.Context, gateway_url: str | None, token: str, labels: tuple[str, ...], data_dir: Path | None,
-          max_executions: int, name: str, verbose: bool) -> None:
+          max_executions: int, cpu: str, memory: str, disk: str, name: str, verbose: bool) -> None:
     """Run a compute agent (`shoal agent --gateway URL`), or ask a gateway about itself (alive, version)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -96,7 +100,8 @@ def agent(ctx: click.Context, gateway_url: str | None, token: str, labels: tuple
     _logging(verbose)
     settings = AgentSettings(gateway_url=gateway_url, token=token, labels=_labels(labels), name=name,
                              data_dir=(data_dir or Path("~/.shoal/agent")).expanduser(),
-                             max_executions=max_executions)
+                             max_executions=max_executions, cpu=parse_cpu(cpu) if cpu else 0.0,
+                             memory=parse_bytes(memory) if memory else 0, disk=parse_bytes(disk) if disk else 0)
 
     async def main() -> None:
         async with Agent(settings) as node:

@@ -47,7 +47,7 @@ def test_nodes_are_listed_with_labels_engines_and_state(cluster: Cluster) -> Non
 
 
 def test_manual_approval_holds_new_nodes_until_approved(cluster: Cluster) -> None:
-    gateway = cluster.gateway(manual_approval="true")
+    gateway = cluster.gateway(manual_approval="true", queue_timeout="600")
     agent = cluster.agent(gateway)
     pending = node_id(agent.data_dir)
     job_id = gateway.submit(wasm_job("echo", "approved"))
@@ -58,7 +58,7 @@ def test_manual_approval_holds_new_nodes_until_approved(cluster: Cluster) -> Non
 
     seen = heartbeat()
     wait_for(lambda: heartbeat() > seen, what="a poll after the submission")
-    assert gateway.job(job_id)["State"]["StateType"] == "Pending"
+    assert gateway.job(job_id)["State"]["StateType"] == "Queued"
     assert [n["Info"]["NodeID"] for n in nodes(gateway, **{"filter-approval": "PENDING"})] == [pending]
 
     approved = shoal(gateway, "node", "approve", pending[:10])

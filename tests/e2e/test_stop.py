@@ -63,7 +63,7 @@ def test_a_completed_job_cannot_be_stopped_and_a_waiting_one_can(cluster: Cluste
     cli = shoal(gateway, "job", "stop", done)
     assert cli.returncode == 1 and "a completed job cannot be stopped" in cli.stderr
 
-    idle = cluster.gateway()  # no agent: the job waits
+    idle = cluster.gateway(queue_timeout="600")  # no agent: the job waits
     waiting = idle.submit(wasm_job("echo", "never"))
     assert idle.http.delete(f"/api/v1/orchestrator/jobs/{waiting}").status_code == 200
     assert idle.job(waiting)["State"]["StateType"] == "Stopped"

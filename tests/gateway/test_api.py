@@ -1,6 +1,7 @@
 """The user API over real HTTP on a `shoal serve` process: submit, get, list, executions, results, errors.
 
-No agent is connected, so every job stays Pending with New executions (a Count 0 job is Completed at once).
+No agent is connected and the gateway queues what it cannot place, so every job waits Queued with New
+executions (a Count 0 job is Completed at once).
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from shoal import __version__
 from tests.conftest import Gateway
 from tests.specs import docker_job
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
+    return start_gateway(queue_timeout="3600")
 
 JOBS = "/api/v1/orchestrator/jobs"
 
@@ -76,7 +83,7 @@ def test_submit_json_with_put_and_with_post(gateway: Gateway) -> None:
         job = gateway.job(job_id)
         assert job["ID"] == job_id
         assert job["Name"] == job_id  # no Name: the ID
-        assert job["State"]["StateType"] == "Pending"
+        assert job["State"]["StateType"] == "Queued"
         assert job["Tasks"][0]["Engine"]["Params"]["Parameters"] == [f"echo {method}"]
     assert sorted(job_ids(gateway)) == sorted(submitted)
 
@@ -247,7 +254,7 @@ def test_list_filters_by_state(gateway: Gateway) -> None:
     completed = gateway.submit(docker_job("true", count=0))  # nothing to run: Completed at once
     assert gateway.job(completed)["State"]["StateType"] == "Completed"
     assert job_ids(gateway, state="Completed") == [completed]
-    assert job_ids(gateway, state="pending") == [pending]
+    assert job_ids(gateway, state="queued") == [pending]
     assert job_ids(gateway, state="Failed") == []
     assert sorted(job_ids(gateway)) == sorted([pending, completed])
 

@@ -50,11 +50,11 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def store(engine: Engine) -> Store:
-    return Store(engine, lease_seconds=60, max_attempts=3)
+    return Store(engine, lease_seconds=60, max_attempts=3, queue_timeout=3600)
 
 
 def node(store: Store, *engines: str) -> Any:
-    record, _ = store.register_node(NodeInfo(engines=list(engines or ["wasm"])))
+    record, _ = store.register_node(NodeInfo(engines=list(engines or ["wasm"]), publishers=["s3managed"]))
     return record
 
 
@@ -73,7 +73,7 @@ def job_state(store: Store, job_id: str) -> tuple[str, str]:
 def test_submit_creates_one_new_execution_per_partition(store: Store) -> None:
     record = store.submit(wasm(count=3))
     assert record.id.startswith("j-")
-    assert record.state == JobState.PENDING
+    assert record.state == JobState.QUEUED  # no node yet
     assert record.name == record.id  # no Name: the ID
     executions = store.executions(record.id)
     assert [e.partition_index for e in executions] == [0, 1, 2]
@@ -95,7 +95,7 @@ def test_submit_count_zero_is_completed_with_no_executions(store: Store) -> None
 
 
 def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: Engine) -> None:
-    store = Store(engine, lease_seconds=60, max_attempts=3)
+    store = Store(engine, lease_seconds=60, max_attempts=3, queue_timeout=3600)
     job_ids = [store.submit(wasm(count=5)).id for _ in range(40)]
     expected = {e.id for job_id in job_ids for e in store.executions(job_id)}
     assert len(expected) == 200
@@ -103,7 +103,7 @@ def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: 
     # eight claimers, each with its own node and its own connection pool, as separate replicas would be
     workers = 8
     engines = [make_engine("sqlite:///" + str(tmp_path / "s.db")) for _ in range(workers)]
-    stores = [Store(e, lease_seconds=60, max_attempts=3) for e in engines]
+    stores = [Store(e, lease_seconds=60, max_attempts=3, queue_timeout=3600) for e in engines]
     nodes = [node(s, "wasm") for s in stores]
     claimed: list[list[str]] = [[] for _ in range(workers)]
     errors: list[BaseException] = []
@@ -187,7 +187,7 @@ def test_failed_partition_is_retried_elsewhere_never_on_the_same_node(store: Sto
 
 
 def test_exhausted_attempts_fail_the_job(engine: Engine) -> None:
-    store = Store(engine, lease_seconds=60, max_attempts=2)
+    store = Store(engine, lease_seconds=60, max_attempts=2, queue_timeout=3600)
     job = store.submit(wasm(count=2))
     a, b, c = node(store), node(store), node(store)
     [one, other] = store.claim(a, 2)
@@ -207,7 +207,7 @@ def test_exhausted_attempts_fail_the_job(engine: Engine) -> None:
 
 
 def test_max_attempts_one_fails_at_the_first_failure(engine: Engine) -> None:
-    store = Store(engine, lease_seconds=60, max_attempts=1)
+    store = Store(engine, lease_seconds=60, max_attempts=1, queue_timeout=3600)
     job = store.submit(wasm())
     a = node(store)
     [claimed] = store.claim(a, 1)
@@ -227,7 +227,7 @@ def _wait_until_past(deadline_ns: int | None) -> None:
 
 
 def test_expired_lease_fails_and_reschedules(engine: Engine) -> None:
-    store = Store(engine, lease_seconds=0.2, max_attempts=3)
+    store = Store(engine, lease_seconds=0.2, max_attempts=3, queue_timeout=3600)
     job = store.submit(wasm())
     a = node(store)
     [claimed] = store.claim(a, 1)
@@ -251,8 +251,8 @@ def test_expired_lease_fails_and_reschedules(engine: Engine) -> None:
 
 
 def test_heartbeat_renews_the_leases_of_running_executions(engine: Engine) -> None:
-    short = Store(engine, lease_seconds=0.2, max_attempts=3)
-    long = Store(engine, lease_seconds=600, max_attempts=3)
+    short = Store(engine, lease_seconds=0.2, max_attempts=3, queue_timeout=3600)
+    long = Store(engine, lease_seconds=600, max_attempts=3, queue_timeout=3600)
     job = short.submit(wasm(count=3))
     a, b = node(short), node(short)
     claims = short.claim(a, 3)
@@ -431,5 +431,5 @@ def test_list_jobs_filters_by_state(store: Store) -> None:
     pending = store.submit(wasm())
     completed = store.submit(wasm(count=0))
     assert [j.id for j in store.list_jobs("default", limit=10, offset=0, state="completed")[0]] == [completed.id]
-    assert [j.id for j in store.list_jobs("default", limit=10, offset=0, state="Pending")[0]] == [pending.id]
+    assert [j.id for j in store.list_jobs("default", limit=10, offset=0, state="Queued")[0]] == [pending.id]
     assert store.list_jobs("default", limit=10, offset=0, state="Failed")[0] == []
