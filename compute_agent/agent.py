@@ -197,7 +197,8 @@ class Agent:
             params=spec["Engine"].get("Params") or {},
             env=env,
             root=self.settings.data_dir / "executions" / execution_id,
-            timeout=float(timeouts.get("ExecutionTimeout") or timeouts.get("TotalTimeout") or 0) or None,
+            timeout=None if assignment["JobType"] in ("daemon", "service") else
+            float(timeouts.get("ExecutionTimeout") or timeouts.get("TotalTimeout") or 0) or None,
             cpu=parse_cpu(resources.get("CPU") or self.settings.default_cpu),
             memory=parse_bytes(resources.get("Memory") or self.settings.default_memory),
             pids_limit=self.settings.pids_limit,

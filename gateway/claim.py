@@ -49,11 +49,13 @@ def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRe
         return []
     free = free_capacity(session, node)
     prior = aliased(ExecutionRecord)
-    tried_here = (
+    failed_here = (
         exists()
         .where(col(prior.job_id) == ExecutionRecord.job_id)
         .where(col(prior.partition_index) == ExecutionRecord.partition_index)
         .where(col(prior.node_id) == node.id)
+        .where(col(prior.id) != ExecutionRecord.id)
+        .where(col(prior.compute_state) == ExecutionState.FAILED)
     )
     rows = session.exec(
         select(ExecutionRecord, JobRecord)
@@ -62,7 +64,8 @@ def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRe
             col(ExecutionRecord.compute_state) == ExecutionState.NEW,
             col(ExecutionRecord.desired_state) == DesiredState.RUNNING,
             col(ExecutionRecord.engine).in_(node.engines),
-            ~tried_here,
+            col(ExecutionRecord.node_id).is_(None) | (col(ExecutionRecord.node_id) == node.id),
+            ~failed_here,
         )
         .order_by(col(ExecutionRecord.create_time), col(ExecutionRecord.partition_index))
         .limit(WINDOW)

@@ -37,6 +37,10 @@ class ExecutionState(StrEnum):
     FAILED = "Failed"
     CANCELLED = "Cancelled"
 
+    @property
+    def terminal(self) -> bool:
+        return self in (ExecutionState.COMPLETED, ExecutionState.FAILED, ExecutionState.CANCELLED)
+
 
 ACTIVE_EXECUTION_STATES = (ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING, ExecutionState.PUBLISHING)
 

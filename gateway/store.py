@@ -36,7 +36,7 @@ from gateway.models import (
     NodeRecord,
 )
 from gateway.placement import Needs, Resources
-from shoal.spec import Job
+from shoal.spec import NODE_BOUND_TYPES, Job, JobType
 
 NODE_CREDENTIAL_PREFIX = "shoal_node_"
 OUTPUT_CAP = 2048
@@ -129,10 +129,13 @@ class Store:
         with self._tx() as session:
             session.add(record)
             history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
+            reasons = self._placement_reasons(session, needs)
+            if record.type in NODE_BOUND_TYPES:
+                self._place_on_nodes(session, record, needs, reasons, now)
+                return record
             if count == 0:
                 self._end_job(session, record, JobState.COMPLETED, "Count is 0: nothing to run", now)
                 return record
-            reasons = self._placement_reasons(session, needs)
             if not any(not why for why in reasons.values()):
                 message = placement.not_enough_nodes(count, reasons)
                 if not record.queue_timeout:
@@ -145,6 +148,34 @@ class Store:
                 session.add(self._new_execution(record, needs, index, attempt=1, now=now))
         return record
 
+    def _place_on_nodes(self, session: Session, job: JobRecord, needs: Needs, reasons: dict[str, list[str]],
+                        now: int) -> None:
+        """ops and daemon jobs: one execution bound to each suitable node. An ops job no node can run fails
+        at once; a daemon job waits for nodes to join."""
+        suitable = sorted(node for node, why in reasons.items() if not why)
+        if not suitable and job.type == JobType.OPS:
+            self._end_job(session, job, JobState.FAILED, placement.not_enough_nodes(1, reasons), now)
+        for node_id in suitable:
+            session.add(self._new_execution(job, needs, 0, attempt=1, now=now, node_id=node_id))
+
+    def _place_daemons(self, session: Session, node: NodeRecord, now: int) -> None:
+        """Give a node that joined (or came back) an execution of every daemon job it can run."""
+        if node.membership != NodeMembership.APPROVED:
+            return
+        daemons = session.exec(select(JobRecord).where(
+            col(JobRecord.type) == JobType.DAEMON,
+            col(JobRecord.state).in_([JobState.PENDING, JobState.QUEUED, JobState.RUNNING]),
+        )).all()
+        for job in daemons:
+            has_one = session.exec(select(ExecutionRecord.id).where(
+                col(ExecutionRecord.job_id) == job.id, col(ExecutionRecord.node_id) == node.id,
+                col(ExecutionRecord.compute_state).in_([ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]),
+            )).first()
+            needs = self.needs(job)
+            if has_one is None and not placement.unsuitable(node.engines, node.publishers, node.labels, needs,
+                                                            Resources.from_capacity(node.capacity)):
+                session.add(self._new_execution(job, needs, 0, attempt=1, now=now, node_id=node.id))
+
     @staticmethod
     def _placement_reasons(session: Session, needs: Needs) -> dict[str, list[str]]:
         """Why each connected, approved node could never run the task (judged on its whole capacity)."""
@@ -156,8 +187,10 @@ class Store:
                                            Resources.from_capacity(n.capacity)) for n in nodes}
 
     @staticmethod
-    def _new_execution(job: JobRecord, needs: Needs, index: int, *, attempt: int, now: int) -> ExecutionRecord:
+    def _new_execution(job: JobRecord, needs: Needs, index: int, *, attempt: int, now: int,
+                       node_id: str | None = None) -> ExecutionRecord:
         return ExecutionRecord(
+            node_id=node_id,
             id=f"e-{uuid.uuid4()}",
             job_id=job.id,
             namespace=job.namespace,
@@ -237,6 +270,7 @@ class Store:
         _apply_info(node, info)
         with self._tx() as session:
             session.add(node)
+            self._place_daemons(session, node, now)
         return node, credential
 
     def authenticate_node(self, credential: str) -> NodeRecord:
@@ -261,11 +295,14 @@ class Store:
             if node is None:
                 raise Unauthorized("unknown node; register the agent again")
             node.last_heartbeat = now
+            returned = node.connection == NodeConnection.DISCONNECTED
             node.connection = NodeConnection.CONNECTED
             node.free_slots = free_slots
             if info is not None:
                 _apply_info(node, info)
             session.add(node)
+            if returned:
+                self._place_daemons(session, node, now)
             mine = (col(ExecutionRecord.node_id) == node_id,
                     col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES))
             if running:
@@ -366,6 +403,13 @@ class Store:
             execution.lease_expires = None
             self._set_state(session, execution, ExecutionState.COMPLETED, "Completed successfully",
                             details={"ExitCode": outcome.exit_code}, now=now)
+            job = session.get(JobRecord, execution.job_id)
+            if job is not None and job.type == JobType.SERVICE and not JobState(job.state).terminal:
+                if execution.attempt < self.max_attempts:
+                    self._replace(session, job, execution, "a service replica exited", now)
+                else:  # a replica that keeps exiting is not a service that runs
+                    self._end_job(session, job, JobState.FAILED,
+                                  f"Job failed because a service replica exited {execution.attempt} times", now)
             self._settle_job(session, execution.job_id, now)
 
     def fail(self, node_id: str, execution_id: str, message: str) -> bool:
@@ -383,14 +427,11 @@ class Store:
         job = session.get(JobRecord, execution.job_id)
         if job is None or JobState(job.state).terminal:
             return False
+        if job.type in NODE_BOUND_TYPES:  # bound to its node: not retried elsewhere
+            self._settle_job(session, job.id, now)
+            return False
         if execution.attempt < self.max_attempts:
-            retry = self._new_execution(job, self.needs(job), execution.partition_index,
-                                        attempt=execution.attempt + 1, now=now)
-            session.add(retry)
-            history.execution_event(
-                session, retry, Topic.SCHEDULING,
-                f"Retrying partition {retry.partition_index} (attempt {retry.attempt} of {self.max_attempts})",
-                now=now)
+            self._replace(session, job, execution, f"attempt {execution.attempt + 1} of {self.max_attempts}", now)
             return True
         self._end_job(
             session, job, JobState.FAILED,
@@ -399,10 +440,26 @@ class Store:
         )
         return False
 
+    def _replace(self, session: Session, job: JobRecord, ended: ExecutionRecord, why: str, now: int) -> None:
+        retry = self._new_execution(job, self.needs(job), ended.partition_index, attempt=ended.attempt + 1, now=now)
+        session.add(retry)
+        history.execution_event(session, retry, Topic.SCHEDULING,
+                                f"Retrying partition {retry.partition_index} ({why})", now=now)
+
     def _settle_job(self, session: Session, job_id: str, now: int) -> None:
         job = session.get(JobRecord, job_id)
         if job is None or JobState(job.state).terminal:
             return
+        if job.type == JobType.OPS:
+            states = session.exec(select(ExecutionRecord.compute_state).where(
+                col(ExecutionRecord.job_id) == job_id, col(ExecutionRecord.job_version) == job.version)).all()
+            if all(ExecutionState(state).terminal for state in states):
+                failed = ExecutionState.FAILED in states
+                self._end_job(session, job, JobState.FAILED if failed else JobState.COMPLETED,
+                              "Job failed because one or more executions failed" if failed else "", now)
+            return
+        if job.type != JobType.BATCH:
+            return  # daemon and service jobs run until they are stopped
         done = session.execute(
             select(func.count(func.distinct(ExecutionRecord.partition_index))).where(
                 col(ExecutionRecord.job_id) == job_id,
@@ -556,6 +613,7 @@ class Store:
                 raise NotFound(f"node not found: {ref}")
             node.membership = membership
             session.add(node)
+            self._place_daemons(session, node, now)
             rescheduled = 0
             if membership == NodeMembership.REJECTED:
                 rescheduled = self._fail_node_executions(session, node.id, f"node {node.id} has been rejected", now)

@@ -41,7 +41,7 @@ class SourceType(StrEnum):
     INLINE = "inline"
 
 
-SUPPORTED_JOB_TYPES = (JobType.BATCH,)
+NODE_BOUND_TYPES = (JobType.OPS, JobType.DAEMON)  # one execution per matching node, no Count
 RESERVED_ENV_PREFIXES = ("SHOAL_", "BACALHAU_")
 MAX_INLINE_BYTES = 1 << 20
 MAX_COUNT = 10_000
@@ -207,9 +207,11 @@ def _check_job(job: Job) -> None:
     job.Type = job.Type.strip().lower()
     if job.Type not in {t.value for t in JobType}:
         raise SpecError("Type", f"must be one of {', '.join(t.value for t in JobType)}, not {job.Type!r}")
-    if job.Type not in SUPPORTED_JOB_TYPES:
-        raise SpecError("Type", f"{job.Type} jobs are not supported yet; use batch")
-    if job.Count is None:
+    if job.Type in NODE_BOUND_TYPES:
+        if job.Count is not None and job.Count > 1:
+            raise SpecError("Count", f"{job.Type} jobs run once on every matching node: Count must be 0 or 1")
+        job.Count = 0
+    elif job.Count is None:
         job.Count = 1
     if not 0 <= job.Count <= MAX_COUNT:
         raise SpecError("Count", f"must be between 0 and {MAX_COUNT}")

@@ -24,6 +24,8 @@ def job_options(func: Any) -> Any:
         click.option("--name", default="", help="Job name (default: the job ID)."),
         click.option("--namespace", default="default", show_default=True),
         click.option("--count", default=1, show_default=True, help="Number of partitions."),
+        click.option("--target", type=click.Choice(["any", "all"]), default="any", show_default=True,
+                     help="all: run once on every matching node (an ops job)."),
         click.option("-l", "--labels", multiple=True, metavar="K=V", help="Job labels (repeatable)."),
         click.option("-e", "--env", multiple=True, metavar="K=V", help="Task environment variable (repeatable)."),
         click.option("-i", "--input", "inputs", multiple=True, metavar="SRC[:TARGET]",
@@ -105,7 +107,8 @@ def build_job(engine: dict[str, Any], sources: list[dict[str, Any]], **opts: Any
         "Resources": {"CPU": opts["cpu"], "Memory": opts["memory"]},
         "Timeouts": {"ExecutionTimeout": opts["timeout"]},
     }
-    job = {"Type": "batch", "Namespace": opts["namespace"], "Count": opts["count"],
+    ops = opts["target"] == "all"
+    job = {"Type": "ops" if ops else "batch", "Namespace": opts["namespace"], "Count": 0 if ops else opts["count"],
            "Labels": _pairs(opts["labels"], "--labels"), "Tasks": [task]}
     if opts["name"]:
         job["Name"] = opts["name"]

@@ -211,7 +211,8 @@ INVALID: list[tuple[str, Callable[[], dict[str, Any]], Edit, str]] = [
     ("two tasks", docker_spec, lambda s: s["Tasks"].append(copy.deepcopy(s["Tasks"][0])), "Tasks"),
     ("no tasks", docker_spec, lambda s: s.update(Tasks=[]), "Tasks"),
     ("unknown Type", docker_spec, lambda s: s.update(Type="cron"), "Type"),
-    ("ops not supported yet", docker_spec, lambda s: s.update(Type="ops"), "Type"),
+    ("ops with Count 2", docker_spec, lambda s: s.update(Type="ops", Count=2), "Count"),
+    ("daemon with Count 3", docker_spec, lambda s: s.update(Type="daemon", Count=3), "Count"),
     ("negative Count", docker_spec, lambda s: s.update(Count=-1), "Count"),
     ("missing Engine", docker_spec, lambda s: _task(s).pop("Engine"), "Tasks[0].Engine"),
     ("unknown engine type", docker_spec, lambda s: _task(s)["Engine"].update(Type="podman"), "Tasks[0].Engine.Type"),
@@ -343,3 +344,14 @@ def test_parse_cpu_refuses_garbage(text: str) -> None:
 def test_parse_bytes_refuses_garbage(text: str) -> None:
     with pytest.raises(ValueError, match="byte quantity"):
         parse_bytes(text)
+
+
+@pytest.mark.parametrize(("kind", "count", "expected"), [
+    ("ops", None, 0), ("ops", 1, 0), ("daemon", 0, 0), ("service", None, 1), ("service", 3, 3), ("batch", 2, 2),
+])
+def test_job_types_and_their_count(kind: str, count: int | None, expected: int) -> None:
+    spec = {"Type": kind, "Tasks": [{"Name": "main", "Engine": {"Type": "docker", "Params": {"Image": "x"}}}]}
+    if count is not None:
+        spec["Count"] = count
+    job, _ = parse_job(spec)
+    assert (job.Type, job.Count) == (kind, expected)
