@@ -52,6 +52,7 @@ def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRe
     failed_here = (
         exists()
         .where(col(prior.job_id) == ExecutionRecord.job_id)
+        .where(col(prior.job_version) == ExecutionRecord.job_version)
         .where(col(prior.partition_index) == ExecutionRecord.partition_index)
         .where(col(prior.node_id) == node.id)
         .where(col(prior.id) != ExecutionRecord.id)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import difflib
 from typing import Any
 
+import yaml
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import history, wire
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, NotFound
 from gateway.models import ExecutionState, JobRecord
-from gateway.services import query_int, read_body, services
+from gateway.services import query_int, read_body, read_json, services
 from shoal.errors import SpecError
-from shoal.spec import load_document, parse_job
+from shoal.spec import Job, load_document, parse_job
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
@@ -25,27 +28,44 @@ async def submit(request: Request) -> JSONResponse:
     svc = services(request)
     body = await read_body(request, svc.settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    job, warnings, force = _parse(body, bare=content_type in _YAML_TYPES)
+    record = await run_in_threadpool(svc.store.submit, job, force=force)
+    svc.work.notify()
+    return JSONResponse({"JobID": record.id, "JobVersion": record.version, "EvaluationID": "",
+                         "Warnings": warnings})
+
+
+def _parse(body: bytes, *, bare: bool) -> tuple[Job, list[str], bool]:
+    """`{"Job": {...}, "Force": …}` as Bacalhau's API sends it, or a bare spec (YAML files, curl users)."""
     try:
         document = load_document(body) if body.strip() else None
-        spec = _unwrap(document, bare=content_type in _YAML_TYPES)
-        job, warnings = parse_job(spec)
+        if not isinstance(document, dict):
+            raise SpecError("", "the body must be {\"Job\": {...}} or a job spec mapping")
+        wrapped = {str(k).lower(): v for k, v in document.items()}
+        force = bool(wrapped.get("force")) if not bare else False
+        if not bare and "job" in wrapped:
+            if not isinstance(wrapped["job"], dict):
+                raise SpecError("Job", "must be a job spec mapping")
+            document = wrapped["job"]
+        job, warnings = parse_job(document)
     except SpecError as exc:
         raise BadRequest(str(exc)) from None
-    record = await run_in_threadpool(svc.store.submit, job)
-    svc.work.notify()
-    return JSONResponse({"JobID": record.id, "EvaluationID": "", "Warnings": warnings})
+    return job, warnings, force
 
 
-def _unwrap(document: Any, *, bare: bool) -> Any:
-    """`{"Job": {...}, "Force": …}` as Bacalhau's API sends it, or a bare spec (YAML files, curl users)."""
-    if not isinstance(document, dict):
-        raise SpecError("", "the body must be {\"Job\": {...}} or a job spec mapping")
-    wrapped = {str(k).lower(): v for k, v in document.items()}
-    if not bare and "job" in wrapped:
-        if not isinstance(wrapped["job"], dict):
-            raise SpecError("Job", "must be a job spec mapping")
-        return wrapped["job"]
-    return document
+async def diff(request: Request) -> JSONResponse:
+    """A dry run: validate the spec and show how it differs from the latest version of the job it names."""
+    svc = services(request)
+    body = await read_body(request, svc.settings.max_body_bytes)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    job, warnings, _ = _parse(body, bare=content_type in _YAML_TYPES)
+    before: dict[str, Any] = {}
+    if job.Name:
+        with contextlib.suppress(NotFound):
+            before = (await run_in_threadpool(svc.store.find_job, job.Namespace, job.Name)).spec
+    old, new = (yaml.safe_dump(spec, sort_keys=False).splitlines(keepends=True) for spec in (before, job.wire()))
+    text = "".join(difflib.unified_diff(old, new, "current" if before else "/dev/null", "submitted"))
+    return JSONResponse({"Diff": text, "Warnings": warnings})
 
 
 async def list_jobs(request: Request) -> JSONResponse:
@@ -98,19 +118,51 @@ async def get_job(request: Request) -> JSONResponse:
     job = await _job(request)
     include = {part.strip().lower() for part in request.query_params.get("include", "").split(",")}
     body: dict[str, Any] = {"Job": wire.job(job)}
+    wanted = query_int(request, "job_version", 0, maximum=2**31)
+    if wanted and wanted != job.version:
+        versions = {v.version: v for v in await run_in_threadpool(services(request).store.versions, job.id)}
+        if wanted not in versions:
+            raise NotFound(f"job {job.id} has no version {wanted}")
+        body["Job"] |= versions[wanted].spec | {"Version": wanted}
     if "history" in include:
         events = await run_in_threadpool(services(request).store.history, job.id, limit=1000)
         body["History"] = {"Items": [history.wire(e) for e in events], "NextToken": ""}
     if "executions" in include:
-        executions = await run_in_threadpool(services(request).store.executions, job.id)
-        body["Executions"] = {"Items": [wire.execution(e) for e in executions], "NextToken": ""}
+        body["Executions"] = {"Items": await _executions(request, job), "NextToken": ""}
     return JSONResponse(body)
+
+
+async def _executions(request: Request, job: JobRecord) -> list[dict[str, Any]]:
+    """The executions of the job's latest version, or of `job_version`, or of all with `all_job_versions`."""
+    executions = await run_in_threadpool(services(request).store.executions, job.id)
+    if request.query_params.get("all_job_versions", "").lower() not in ("1", "true", "yes"):
+        version = query_int(request, "job_version", 0, maximum=2**31) or job.version
+        executions = [e for e in executions if e.job_version == version]
+    return [wire.execution(e) for e in executions]
 
 
 async def list_executions(request: Request) -> JSONResponse:
     job = await _job(request)
-    executions = await run_in_threadpool(services(request).store.executions, job.id)
-    return JSONResponse({"Items": [wire.execution(e) for e in executions], "NextToken": ""})
+    return JSONResponse({"Items": await _executions(request, job), "NextToken": ""})
+
+
+async def rerun(request: Request) -> JSONResponse:
+    svc = services(request)
+    body = await read_json(request)
+    version = body.get("JobVersion") or 0
+    if not isinstance(version, int) or version < 0:
+        raise BadRequest("JobVersion: must be a version number")
+    namespace = request.query_params.get("namespace") or "default"
+    job = await run_in_threadpool(svc.store.rerun, namespace, request.path_params["ref"], version)
+    svc.work.notify()
+    return JSONResponse({"JobID": job.id, "JobVersion": job.version, "EvaluationID": "", "Warnings": []})
+
+
+async def versions(request: Request) -> JSONResponse:
+    job = await _job(request)
+    found = await run_in_threadpool(services(request).store.versions, job.id)
+    items = [wire.job(job) | v.spec | {"Version": v.version, "CreateTime": v.create_time} for v in found]
+    return JSONResponse({"Items": items, "NextToken": ""})
 
 
 async def stop(request: Request) -> JSONResponse:
@@ -169,10 +221,13 @@ _JOBS = "/api/v1/orchestrator/jobs"
 
 routes = [
     Route(_JOBS, submit, methods=["PUT", "POST"]),
+    Route(_JOBS + "/diff", diff, methods=["PUT", "POST"]),
     Route(_JOBS, list_jobs, methods=["GET"]),
     Route(_JOBS + "/{ref}", get_job, methods=["GET"]),
     Route(_JOBS + "/{ref}", stop, methods=["DELETE"]),
     Route(_JOBS + "/{ref}/executions", list_executions, methods=["GET"]),
     Route(_JOBS + "/{ref}/results", results, methods=["GET"]),
     Route(_JOBS + "/{ref}/history", job_history, methods=["GET"]),
+    Route(_JOBS + "/{ref}/versions", versions, methods=["GET"]),
+    Route(_JOBS + "/{ref}/rerun", rerun, methods=["PUT", "POST"]),
 ]

@@ -149,3 +149,14 @@ class EventRecord(SQLModel, table=True):
     new_state: str = ""
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     time: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class JobVersionRecord(SQLModel, table=True):
+    """Every spec a job has had: submitting a spec under an existing Name makes a new version."""
+
+    __tablename__ = "job_versions"
+
+    job_id: str = Field(primary_key=True)
+    version: int = Field(primary_key=True)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    create_time: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -31,6 +31,7 @@ from gateway.models import (
     ExecutionState,
     JobRecord,
     JobState,
+    JobVersionRecord,
     NodeConnection,
     NodeMembership,
     NodeRecord,
@@ -106,47 +107,97 @@ class Store:
 
     # -- jobs -------------------------------------------------------------------------------------------
 
-    def submit(self, job: Job) -> JobRecord:
-        """Store a validated job and one new execution per partition. With no node able to run it, the job
-        fails at once with the reason for each node, or waits as Queued when it has a queue timeout."""
+    def submit(self, job: Job, *, force: bool = False) -> JobRecord:
+        """Store a validated job and schedule it. A spec whose Name exists in the namespace becomes that job's
+        next version (its running executions are stopped); an unchanged spec is refused unless `force`."""
         now = now_ns()
-        job_id = f"j-{uuid.uuid4()}"
-        count = job.Count or 0
-        timeouts = job.task.Timeouts
-        record = JobRecord(
-            id=job_id,
-            namespace=job.Namespace,
-            name=job.Name or job_id,
-            type=job.Type,
-            count=count,
-            queue_timeout=timeouts.QueueTimeout or self.default_queue_timeout,
-            total_timeout=timeouts.TotalTimeout,
-            spec=job.wire() | {"Name": job.Name or job_id},
-            create_time=now,
-            modify_time=now,
-        )
-        needs = self.needs(record)
+        spec = job.wire()
         with self._tx() as session:
+            existing = None
+            if job.Name:
+                existing = session.exec(select(JobRecord).where(
+                    col(JobRecord.namespace) == job.Namespace, col(JobRecord.name) == job.Name)).first()
+            if existing is not None:
+                if existing.type != job.Type:
+                    raise BadRequest(f"Type: job {job.Name} is a {existing.type} job; its type cannot change")
+                if existing.spec == spec and not force:
+                    raise BadRequest("no changes detected for new job spec",
+                                     hint="submit it with Force (shoal job run --force) to run it again")
+                self._new_version(session, existing, spec, "Job updated", now)
+                return existing
+            job_id = f"j-{uuid.uuid4()}"
+            record = JobRecord(id=job_id, namespace=job.Namespace, name=job.Name or job_id, type=job.Type,
+                               spec={}, create_time=now, modify_time=now)
+            self._set_spec(record, spec | {"Name": record.name})
             session.add(record)
+            session.add(JobVersionRecord(job_id=job_id, version=1, spec=record.spec, create_time=now))
             history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
-            reasons = self._placement_reasons(session, needs)
-            if record.type in NODE_BOUND_TYPES:
-                self._place_on_nodes(session, record, needs, reasons, now)
-                return record
-            if count == 0:
-                self._end_job(session, record, JobState.COMPLETED, "Count is 0: nothing to run", now)
-                return record
-            if not any(not why for why in reasons.values()):
-                message = placement.not_enough_nodes(count, reasons)
-                if not record.queue_timeout:
-                    self._end_job(session, record, JobState.FAILED, message, now)
-                    return record
-                record.state, record.state_message = JobState.QUEUED, message
-                history.job_event(session, record, Topic.QUEUEING, "Job queued", previous=JobState.PENDING,
-                                  details={"Reason": message}, now=now)
-            for index in range(count):
-                session.add(self._new_execution(record, needs, index, attempt=1, now=now))
+            self._schedule(session, record, now)
         return record
+
+    def rerun(self, namespace: str, ref: str, version: int = 0) -> JobRecord:
+        """A new version of a job from one of its specs (the latest by default)."""
+        job_id = self.find_job(namespace, ref).id
+        now = now_ns()
+        with self._tx() as session:
+            job = session.get(JobRecord, job_id)
+            if job is None:
+                raise NotFound(f"job not found: {ref}")
+            if job.state in (JobState.PENDING, JobState.QUEUED):
+                raise Conflict(f"job {job.id} is {job.state}: it has not run yet")
+            old = session.get(JobVersionRecord, (job.id, version or job.version))
+            if old is None:
+                raise NotFound(f"job {job.id} has no version {version}")
+            self._new_version(session, job, old.spec, f"Job rerun requested (from version {old.version})", now)
+        return job
+
+    def versions(self, job_id: str) -> list[JobVersionRecord]:
+        with self._read() as session:
+            query = select(JobVersionRecord).where(col(JobVersionRecord.job_id) == job_id)
+            return list(session.exec(query.order_by(col(JobVersionRecord.version))).all())
+
+    def _set_spec(self, job: JobRecord, spec: dict[str, Any]) -> None:
+        task = spec["Tasks"][0]
+        timeouts = task.get("Timeouts") or {}
+        job.spec = spec
+        job.count = int(spec.get("Count") or 0)
+        job.queue_timeout = int(timeouts.get("QueueTimeout") or self.default_queue_timeout)
+        job.total_timeout = int(timeouts.get("TotalTimeout") or 0)
+
+    def _new_version(self, session: Session, job: JobRecord, spec: dict[str, Any], message: str, now: int) -> None:
+        self._stop_executions(session, job, "Execution stop requested because job has been updated", now)
+        previous = job.state
+        job.version += 1
+        self._set_spec(job, spec | {"Name": job.name})
+        job.state, job.state_message = JobState.PENDING, ""
+        job.create_time = job.modify_time = now  # timeouts count from the new version's submission
+        job.revision += 1
+        session.add(job)
+        session.add(JobVersionRecord(job_id=job.id, version=job.version, spec=job.spec, create_time=now))
+        history.job_event(session, job, Topic.SUBMISSION, message, previous=previous, now=now)
+        self._schedule(session, job, now)
+
+    def _schedule(self, session: Session, record: JobRecord, now: int) -> None:
+        """Create the job's executions. With no node able to run it, the job fails at once with the reason
+        for each node, or waits as Queued when it has a queue timeout."""
+        needs = self.needs(record)
+        reasons = self._placement_reasons(session, needs)
+        if record.type in NODE_BOUND_TYPES:
+            self._place_on_nodes(session, record, needs, reasons, now)
+            return
+        if record.count == 0:
+            self._end_job(session, record, JobState.COMPLETED, "Count is 0: nothing to run", now)
+            return
+        if not any(not why for why in reasons.values()):
+            message = placement.not_enough_nodes(record.count, reasons)
+            if not record.queue_timeout:
+                self._end_job(session, record, JobState.FAILED, message, now)
+                return
+            record.state, record.state_message = JobState.QUEUED, message
+            history.job_event(session, record, Topic.QUEUEING, "Job queued", previous=JobState.PENDING,
+                              details={"Reason": message}, now=now)
+        for index in range(record.count):
+            session.add(self._new_execution(record, needs, index, attempt=1, now=now))
 
     def _place_on_nodes(self, session: Session, job: JobRecord, needs: Needs, reasons: dict[str, list[str]],
                         now: int) -> None:
@@ -481,6 +532,9 @@ class Store:
                           details={"IsError": True} if state == JobState.FAILED else None)
         why = "Execution stop requested because job " + {
             JobState.STOPPED: "has been stopped", JobState.FAILED: "has failed"}.get(state, f"is {state}")
+        self._stop_executions(session, job, why, now)
+
+    def _stop_executions(self, session: Session, job: JobRecord, why: str, now: int) -> None:
         unfinished = session.exec(select(ExecutionRecord).where(
             col(ExecutionRecord.job_id) == job.id,
             col(ExecutionRecord.compute_state).in_([ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]),

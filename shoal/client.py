@@ -53,8 +53,24 @@ class Client:
         result: dict[str, Any] = self.request("PUT", _JOBS, json={"Job": dict(job), "Force": force})
         return result
 
-    def job(self, ref: str, *, include: str = "", namespace: str = "") -> dict[str, Any]:
-        params = {k: v for k, v in {"include": include, "namespace": namespace}.items() if v}
+    def diff(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate a spec and compare it with the latest version of the job it names."""
+        result: dict[str, Any] = self.request("PUT", f"{_JOBS}/diff", json={"Job": dict(job)})
+        return result
+
+    def rerun(self, ref: str, *, version: int = 0, namespace: str = "") -> dict[str, Any]:
+        params = {"namespace": namespace} if namespace else {}
+        result: dict[str, Any] = self.request("PUT", f"{_JOBS}/{ref}/rerun", params=params,
+                                              json={"JobVersion": version})
+        return result
+
+    def versions(self, ref: str, *, namespace: str = "") -> list[dict[str, Any]]:
+        params = {"namespace": namespace} if namespace else {}
+        items: list[dict[str, Any]] = self.request("GET", f"{_JOBS}/{ref}/versions", params=params)["Items"]
+        return items
+
+    def job(self, ref: str, *, include: str = "", namespace: str = "", version: int = 0) -> dict[str, Any]:
+        params = {k: v for k, v in {"include": include, "namespace": namespace, "job_version": version}.items() if v}
         result: dict[str, Any] = self.request("GET", f"{_JOBS}/{ref}", params=params)
         return result
 

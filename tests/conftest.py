@@ -88,7 +88,7 @@ class Gateway:
         return dict(response.json()["Job"])
 
     def executions(self, job_id: str) -> list[dict[str, Any]]:
-        response = self.http.get(f"/api/v1/orchestrator/jobs/{job_id}/executions")
+        response = self.http.get(f"/api/v1/orchestrator/jobs/{job_id}/executions", params={"all_job_versions": "true"})
         assert response.status_code == 200, response.text
         return list(response.json()["Items"])
 

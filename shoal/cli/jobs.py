@@ -26,26 +26,71 @@ def job() -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--wait-timeout-secs", default=600, show_default=True)
 @click.option("--id-only", is_flag=True, help="Print only the job ID.")
-@click.option("--dry-run", is_flag=True, help="Print the spec instead of submitting it.")
+@click.option("--force", is_flag=True, help="Submit even if the spec is the same as the job's latest version.")
+@click.option("--dry-run", is_flag=True, help="Validate and show how the spec differs from the job's latest version.")
 @api_options
-def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, dry_run: bool, api_url: str) -> None:
-    """Submit a job spec (JSON or YAML; `-` or nothing reads stdin)."""
+def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, force: bool, dry_run: bool,
+        api_url: str) -> None:
+    """Submit a job spec (JSON or YAML; `-` or nothing reads stdin). A spec whose Name is an existing job's
+    makes that job's next version."""
     spec = load_document(file.read())
     if not isinstance(spec, dict):
         raise SpecError("", "the file must hold one job spec mapping")
     with Client(api_url) as api:
-        submit_and_report(api, spec, wait=wait, id_only=id_only, wait_timeout=wait_timeout_secs, dry_run=dry_run)
+        if dry_run:
+            reply = api.diff(spec)
+            for warning in reply.get("Warnings") or []:
+                click.echo(f"Warning: {warning}", err=True)
+            click.echo(reply["Diff"].rstrip() or "No changes from the job's latest version.")
+            return
+        submit_and_report(api, spec, wait=wait, id_only=id_only, wait_timeout=wait_timeout_secs, force=force)
+
+
+@job.command()
+@click.argument("ref")
+@click.option("-v", "--version", "version", default=0, help="The version to run again (default: the latest).")
+@click.option("--namespace", default="")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--wait-timeout-secs", default=600, show_default=True)
+@api_options
+def rerun(ref: str, version: int, namespace: str, wait: bool, wait_timeout_secs: int, api_url: str) -> None:
+    """Run a job again as a new version, from its latest spec or an older one."""
+    with Client(api_url) as api:
+        reply = api.rerun(ref, version=version, namespace=namespace)
+        click.echo(f"Job {short(reply['JobID'])} rerun as version {reply['JobVersion']}")
+        if wait:
+            state = api.wait(reply["JobID"], timeout=wait_timeout_secs, namespace=namespace)["State"]
+            click.echo(f"Job {short(reply['JobID'])} {state['StateType']}")
+            if state["StateType"] != "Completed":
+                raise click.exceptions.Exit(1)
+
+
+@job.command()
+@click.argument("ref")
+@click.option("--namespace", default="")
+@output_option("table")
+@api_options
+def versions(ref: str, namespace: str, output_format: str, api_url: str) -> None:
+    """List a job's versions."""
+    with Client(api_url) as api:
+        items = api.versions(ref, namespace=namespace)
+    if output_format != "table":
+        dump({"Items": items}, output_format)
+        return
+    table(["VERSION", "CREATED", "NAME", "ENGINE"],
+          [[v["Version"], when(v["CreateTime"]), v["Name"], v["Tasks"][0]["Engine"]["Type"]] for v in items])
 
 
 @job.command()
 @click.argument("ref")
 @click.option("--namespace", default="", help="Namespace (default: default).")
+@click.option("-v", "--version", "version", default=0, help="Show this version's spec (default: the latest).")
 @output_option("table")
 @api_options
-def describe(ref: str, namespace: str, output_format: str, api_url: str) -> None:
+def describe(ref: str, namespace: str, version: int, output_format: str, api_url: str) -> None:
     """Show a job (by ID, ID prefix or name) and its executions."""
     with Client(api_url) as api:
-        reply = api.job(ref, include="executions", namespace=namespace)
+        reply = api.job(ref, include="executions", namespace=namespace, version=version)
     if output_format != "table":
         dump(reply, output_format)
         return

@@ -116,19 +116,20 @@ def build_job(engine: dict[str, Any], sources: list[dict[str, Any]], **opts: Any
 
 
 def submit_and_report(api: Client, job: dict[str, Any], *, wait: bool, id_only: bool, wait_timeout: float,
-                      dry_run: bool = False) -> None:
+                      dry_run: bool = False, force: bool = False) -> None:
     """Submit, then wait and summarise like `bacalhau job run`; a Failed job exits 1."""
     if dry_run:
         click.echo(yaml.safe_dump(job, sort_keys=False).rstrip())
         return
-    reply = api.submit(job)
+    reply = api.submit(job, force=force)
     job_id = reply["JobID"]
     if id_only:
         click.echo(job_id)
     else:
         for warning in reply.get("Warnings") or []:
             click.echo(f"Warning: {warning}", err=True)
-        click.echo(f"Job successfully submitted. Job ID: {job_id}")
+        version = f" (version {reply['JobVersion']})" if reply.get("JobVersion", 1) > 1 else ""
+        click.echo(f"Job successfully submitted. Job ID: {job_id}{version}")
     if not wait:
         return
     if not id_only:

@@ -113,7 +113,7 @@ def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: 
         try:
             start.wait(10)
             while True:
-                got = stores[index].claim(nodes[index], 3)
+                got = stores[index].claim(nodes[index], 1)
                 if not got:
                     return
                 for item in got:
