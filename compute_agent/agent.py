@@ -26,6 +26,7 @@ from compute_agent import inputs
 from compute_agent.errors import AgentError, GatewayError, NotRegistered
 from compute_agent.executors import Executor, default_executors
 from compute_agent.gateway_client import GatewayClient
+from compute_agent.log_shipping import LogShipper
 from compute_agent.publish import publish
 from compute_agent.settings import AgentSettings
 from compute_agent.workspace import TaskRun
@@ -210,6 +211,7 @@ class Agent:
         run = self._task_run(assignment)
         spec = assignment["Task"]
         worker: asyncio.Future[int] | None = None
+        shipper: LogShipper | None = None
         try:
             executor = self.executors.get(run.engine)
             if executor is None:
@@ -217,8 +219,11 @@ class Agent:
             run.create([(r["Name"], r["Path"]) for r in spec.get("ResultPaths") or []])
             await inputs.fetch_all(run, spec.get("InputSources") or [], self._downloads, self.settings.max_input_bytes)
             await self._gateway.status(execution_id, "Running")
+            shipper = LogShipper(self._gateway, execution_id, {"stdout": run.stdout_path, "stderr": run.stderr_path})
+            shipper.start()
             worker = asyncio.ensure_future(asyncio.to_thread(executor.run, run, cancel))
             exit_code = await asyncio.shield(worker)
+            await shipper.close()
             (run.results_dir / "exitCode").write_text(str(exit_code))
             published = (spec.get("Publisher") or {}).get("Type", "s3managed") == "s3managed"
             if published:
@@ -240,6 +245,9 @@ class Agent:
             with contextlib.suppress(AgentError):
                 await self._gateway.fail(execution_id, message)
         finally:
+            if shipper is not None:
+                with contextlib.suppress(Exception):
+                    await shipper.close()
             await asyncio.to_thread(run.remove)
 
     def _cancel_all(self) -> None:

@@ -62,6 +62,9 @@ class GatewayClient:
             raise GatewayError("/publish: empty reply")
         return reply
 
+    async def logs(self, execution_id: str, chunks: list[dict[str, Any]]) -> None:
+        await self._call(f"/executions/{execution_id}/logs", {"Chunks": chunks})
+
     async def complete(self, execution_id: str, outcome: dict[str, Any]) -> None:
         await self._call(f"/executions/{execution_id}/complete", outcome)
 

@@ -14,9 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import agent_api, compute_api, housekeeping, jobs_api, nodes_api, objects_api
+from gateway import agent_api, compute_api, housekeeping, jobs_api, logs_api, nodes_api, objects_api
 from gateway.db import make_engine
 from gateway.errors import GatewayError
+from gateway.log_store import LogStore
 from gateway.notify import WorkSignal
 from gateway.objectstore import make_object_store
 from gateway.services import Services
@@ -35,8 +36,10 @@ def create_app(settings: Settings) -> Starlette:
         store=Store(engine, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
                     manual_approval=settings.manual_approval, default_cpu=settings.default_cpu,
                     default_memory=settings.default_memory, queue_timeout=settings.queue_timeout),
+        logs=LogStore(engine, max_bytes_per_execution=settings.max_log_bytes),
         objects=make_object_store(settings),
         work=WorkSignal(),
+        new_logs=WorkSignal(),
     )
 
     @contextlib.asynccontextmanager
@@ -51,7 +54,14 @@ def create_app(settings: Settings) -> Starlette:
             engine.dispose()
 
     app = Starlette(
-        routes=[*jobs_api.routes, *nodes_api.routes, *compute_api.routes, *objects_api.routes, *agent_api.routes],
+        routes=[
+            *jobs_api.routes,
+            *logs_api.routes,
+            *nodes_api.routes,
+            *compute_api.routes,
+            *objects_api.routes,
+            *agent_api.routes,
+        ],
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )

@@ -160,3 +160,17 @@ class JobVersionRecord(SQLModel, table=True):
     version: int = Field(primary_key=True)
     spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     create_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class LogChunkRecord(SQLModel, table=True):
+    """A piece of an execution's stdout or stderr, shipped by its agent while the task runs."""
+
+    __tablename__ = "log_chunks"
+    __table_args__ = (Index("ix_log_chunks_execution", "execution_id", "seq"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    execution_id: str
+    stream: str  # stdout | stderr
+    offset: int = Field(sa_column=Column(BigInteger, nullable=False))
+    data: str = Field(sa_column=Column(Text, nullable=False))
+    time: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -6,9 +6,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection, Request
 
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.errors import BadRequest, PayloadTooLarge, Unauthorized
+from gateway.log_store import LogStore
+from gateway.models import NodeRecord
 from gateway.notify import WorkSignal
 from gateway.objectstore import ObjectStore
 from gateway.settings import Settings
@@ -21,13 +24,28 @@ class Services:
 
     settings: Settings
     store: Store
+    logs: LogStore
     objects: ObjectStore
     work: WorkSignal
+    new_logs: WorkSignal
 
 
-def services(request: Request) -> Services:
+def services(request: HTTPConnection) -> Services:
     result: Services = request.app.state.services
     return result
+
+
+def bearer(request: Request) -> str:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+async def calling_node(request: Request) -> NodeRecord:
+    """The node whose credential the request carries (agent API)."""
+    credential = bearer(request)
+    if not credential:
+        raise Unauthorized("the agent API needs the node credential as a Bearer token")
+    return await run_in_threadpool(services(request).store.authenticate_node, credential)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -55,7 +73,7 @@ async def read_json(request: Request, limit: int = 1 << 20) -> dict[str, Any]:
     return data
 
 
-def query_int(request: Request, name: str, default: int, *, minimum: int = 0, maximum: int = 10_000) -> int:
+def query_int(request: HTTPConnection, name: str, default: int, *, minimum: int = 0, maximum: int = 10_000) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default

@@ -303,6 +303,14 @@ class Store:
             return history.read(session, job_id, after=after, limit=limit, level=level, execution_id=execution_id,
                                 since_ns=since_ns)
 
+    def execution_state(self, execution_id: str) -> str:
+        with self._read() as session:
+            state = session.exec(select(ExecutionRecord.compute_state).where(
+                col(ExecutionRecord.id) == execution_id)).first()
+        if state is None:
+            raise NotFound(f"execution not found: {execution_id}")
+        return state
+
     def executions(self, job_id: str) -> list[ExecutionRecord]:
         with self._read() as session:
             query = select(ExecutionRecord).where(col(ExecutionRecord.job_id) == job_id)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -96,6 +97,23 @@ class Client:
         result: dict[str, Any] = self.request("GET", f"{_JOBS}/{ref}/history",
                                               params={k: v for k, v in params.items() if v})
         return result
+
+    def logs(self, ref: str, *, follow: bool = False, execution_id: str = "", tail: int = 0,
+             namespace: str = "") -> Iterator[dict[str, Any]]:
+        """Log lines as `{Type, Stream, Line, ExecutionID}`; with `follow`, until the execution ends."""
+        params = {"format": "ndjson", "follow": "true" if follow else "", "execution_id": execution_id,
+                  "tail": tail, "namespace": namespace}
+        try:
+            with self._http.stream("GET", f"{_JOBS}/{ref}/logs", params={k: v for k, v in params.items() if v},
+                                   timeout=httpx.Timeout(30.0, read=None)) as response:
+                if response.is_error:
+                    response.read()
+                    raise _api_error(response)
+                for line in response.iter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise ConnectError(f"cannot reach the gateway at {self.api_url}: {exc}") from exc
 
     def results(self, ref: str, *, namespace: str = "") -> list[dict[str, Any]]:
         params = {"namespace": namespace} if namespace else {}

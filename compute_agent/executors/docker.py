@@ -152,6 +152,7 @@ def _copy_logs(container: Any, kind: str, path: Path, cap: int) -> None:
             for chunk in container.logs(stdout=kind == "stdout", stderr=kind == "stderr", stream=True, follow=True):
                 if written < cap:
                     handle.write(chunk[: cap - written])
+                    handle.flush()  # shipped live by the agent's log tail
                     written += len(chunk)
         except DockerException:
             pass

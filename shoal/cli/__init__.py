@@ -7,7 +7,7 @@ import sys
 import click
 
 from shoal import __version__
-from shoal.cli import jobs, nodes, processes, submit
+from shoal.cli import jobs, logs, nodes, processes, submit
 from shoal.errors import ShoalError
 
 
@@ -22,6 +22,7 @@ cli.add_command(processes.serve)
 cli.add_command(processes.agent)
 cli.add_command(submit.docker)
 cli.add_command(submit.wasm)
+jobs.job.add_command(logs.logs)
 cli.add_command(jobs.job)
 cli.add_command(nodes.node)
 

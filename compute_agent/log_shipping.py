@@ -1,0 +1,93 @@
+"""Log shipping: the task's stdout and stderr files are tailed while it runs and sent to the gateway in
+ordered chunks, so users can follow them live. Offsets count characters of each decoded stream."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+from pathlib import Path
+
+from compute_agent.errors import GatewayError
+from compute_agent.gateway_client import GatewayClient
+
+log = logging.getLogger("shoal.agent.logs")
+
+INTERVAL = 0.25
+MAX_CHUNK = 32 << 10
+
+
+class _Tail:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.position = 0  # bytes read from the file
+        self.offset = 0  # characters shipped
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""
+
+    def read(self, final: bool) -> None:
+        if self.path.exists():
+            with open(self.path, "rb") as handle:
+                handle.seek(self.position)
+                data = handle.read()
+            self.position += len(data)
+            self.pending += self.decoder.decode(data, final=final)
+        elif final:
+            self.pending += self.decoder.decode(b"", final=True)
+
+
+class LogShipper:
+    """Tails `{stream: path}` for one execution until `close()`; a refusal from the gateway (the log cap,
+    the execution gone) stops shipping, never the task."""
+
+    def __init__(self, gateway: GatewayClient, execution_id: str, paths: dict[str, Path]) -> None:
+        self._gateway = gateway
+        self._execution_id = execution_id
+        self._tails = {stream: _Tail(path) for stream, path in paths.items()}
+        self._task: asyncio.Task[None] | None = None
+        self._refused = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        """Stop tailing and ship what is left."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._ship(final=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL)
+            await self._ship(final=False)
+
+    async def _ship(self, final: bool) -> None:
+        if self._refused:
+            return
+        chunks = []
+        for stream, tail in self._tails.items():
+            tail.read(final)
+            while tail.pending:
+                data, tail.pending = tail.pending[:MAX_CHUNK], tail.pending[MAX_CHUNK:]
+                chunks.append({"Stream": stream, "Offset": tail.offset, "Data": data})
+                tail.offset += len(data)
+        if not chunks:
+            return
+        try:
+            await self._gateway.logs(self._execution_id, chunks)
+        except GatewayError as exc:
+            if exc.status in (0,) or exc.status >= 500:
+                self._requeue(chunks)  # sent again with the next batch; the gateway drops duplicates
+                return
+            log.warning("logs of %s are no longer accepted: %s", self._execution_id, exc)
+            self._refused = True
+
+    def _requeue(self, chunks: list[dict[str, object]]) -> None:
+        for stream, tail in self._tails.items():
+            mine = [c for c in chunks if c["Stream"] == stream]
+            if mine:
+                tail.pending = "".join(str(c["Data"]) for c in mine) + tail.pending
+                tail.offset = int(str(mine[0]["Offset"]))

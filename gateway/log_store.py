@@ -1,0 +1,79 @@
+"""Execution logs: ordered chunks of stdout and stderr, appended by the agent that runs the execution."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from gateway.db import READ_ONLY
+from gateway.errors import Conflict, NotFound
+from gateway.models import ACTIVE_EXECUTION_STATES, ExecutionRecord, LogChunkRecord
+from gateway.store import now_ns
+
+STREAMS = ("stdout", "stderr")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    stream: str
+    offset: int
+    data: str
+
+
+class LogStore:
+    """Chunks are kept per stream at byte offsets, so a chunk sent twice (a retried request) is stored once."""
+
+    def __init__(self, engine: Engine, *, max_bytes_per_execution: int) -> None:
+        self.engine = engine
+        self._reader = engine.execution_options(**READ_ONLY)
+        self.max_bytes = max_bytes_per_execution
+
+    @contextmanager
+    def _tx(self, read_only: bool = False) -> Iterator[Session]:
+        with Session(self._reader if read_only else self.engine, expire_on_commit=False) as session, \
+                session.begin():
+            yield session
+
+    def append(self, node_id: str, execution_id: str, chunks: Sequence[Chunk]) -> tuple[int, bool]:
+        """Store the chunks not stored yet, up to the execution's cap; returns the characters kept and whether
+        the cap was reached."""
+        kept, capped = 0, False
+        with self._tx() as session:
+            execution = session.get(ExecutionRecord, execution_id)
+            if execution is None or execution.node_id != node_id:
+                raise NotFound(f"execution {execution_id} is not assigned to this node")
+            if execution.compute_state not in ACTIVE_EXECUTION_STATES:
+                raise Conflict(f"execution {execution_id} is {execution.compute_state}: no more logs")
+            stored = session.exec(
+                select(LogChunkRecord.stream, func.max(col(LogChunkRecord.offset) + func.length(LogChunkRecord.data)),
+                       func.sum(func.length(LogChunkRecord.data)))
+                .where(col(LogChunkRecord.execution_id) == execution_id)
+                .group_by(col(LogChunkRecord.stream))
+            ).all()
+            ends = {stream: int(end or 0) for stream, end, _ in stored}
+            total = sum(int(size or 0) for _, _, size in stored)
+            now = now_ns()
+            for chunk in chunks:
+                if chunk.offset + len(chunk.data) <= ends.get(chunk.stream, 0):
+                    continue  # already stored
+                data = chunk.data[: max(0, self.max_bytes - total)]
+                capped = capped or len(data) < len(chunk.data)
+                if data:
+                    session.add(LogChunkRecord(execution_id=execution_id, stream=chunk.stream, offset=chunk.offset,
+                                               data=data, time=now))
+                    ends[chunk.stream] = chunk.offset + len(data)
+                    total += len(data)
+                    kept += len(data)
+        return kept, capped
+
+    def read(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[LogChunkRecord]:
+        with self._tx(read_only=True) as session:
+            return list(session.exec(
+                select(LogChunkRecord)
+                .where(col(LogChunkRecord.execution_id) == execution_id, col(LogChunkRecord.seq) > after)
+                .order_by(col(LogChunkRecord.seq)).limit(limit)
+            ).all())
