@@ -19,6 +19,7 @@ from gateway.errors import BadRequest, NotFound
 from gateway.models import ExecutionState, JobRecord
 from gateway.services import query_int, read_body, read_json, services
 from shoal.errors import SpecError
+from shoal.selector import parse_selector
 from shoal.spec import Job, load_document, parse_job
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -80,7 +81,11 @@ async def list_jobs(request: Request) -> JSONResponse:
     token = request.query_params.get("next_token")
     if token:
         order_by, reverse, limit, offset = _decode_token(token)
-    jobs, more = await run_in_threadpool(
+    try:
+        labels = [r for text in request.query_params.getlist("labels") for r in parse_selector(text, "labels")]
+    except SpecError as exc:
+        raise BadRequest(str(exc)) from None
+    jobs, next_offset = await run_in_threadpool(
         svc.store.list_jobs,
         namespace,
         limit=limit,
@@ -88,8 +93,9 @@ async def list_jobs(request: Request) -> JSONResponse:
         order_by="id" if order_by == "id" else "create_time",
         reverse=reverse,
         state=request.query_params.get("state") or None,
+        labels=labels,
     )
-    next_token = _encode_token(order_by, reverse, limit, offset + limit) if more else ""
+    next_token = _encode_token(order_by, reverse, limit, next_offset) if next_offset is not None else ""
     return JSONResponse({"Items": [wire.job(job) for job in jobs], "NextToken": next_token})
 
 

@@ -284,8 +284,10 @@ class Store:
         order_by: str = "create_time",
         reverse: bool = False,
         state: str | None = None,
-    ) -> tuple[list[JobRecord], bool]:
-        """One page of jobs, newest first unless `reverse`; the flag says whether more follow."""
+        labels: Sequence[dict[str, Any]] = (),
+    ) -> tuple[list[JobRecord], int | None]:
+        """One page of jobs, newest first unless `reverse`, whose labels meet every requirement in `labels`;
+        returns the page and the offset to continue from (None on the last page)."""
         column = col(JobRecord.id) if order_by == "id" else col(JobRecord.create_time)
         query = select(JobRecord)
         if namespace != "*":
@@ -293,9 +295,19 @@ class Store:
         if state:
             query = query.where(func.lower(JobRecord.state) == state.lower())
         query = query.order_by(column.asc() if reverse else column.desc(), col(JobRecord.id))
+        page: list[JobRecord] = []
+        batch = max(limit * 2, 50)
         with self._read() as session:
-            rows = list(session.exec(query.offset(offset).limit(limit + 1)).all())
-        return rows[:limit], len(rows) > limit
+            while True:
+                rows = list(session.exec(query.offset(offset).limit(batch)).all())
+                for index, job in enumerate(rows):
+                    if all(placement.matches(r, job.spec.get("Labels") or {}) for r in labels):
+                        if len(page) == limit:
+                            return page, offset + index
+                        page.append(job)
+                offset += len(rows)
+                if len(rows) < batch:
+                    return page, None
 
     def history(self, job_id: str, *, after: int = 0, limit: int = 100, level: str = "all",
                 execution_id: str = "", since_ns: int = 0) -> list[EventRecord]:

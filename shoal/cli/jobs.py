@@ -122,16 +122,17 @@ def describe(ref: str, namespace: str, version: int, output_format: str, api_url
 @click.option("--limit", default=10, show_default=True)
 @click.option("--next-token", default="")
 @click.option("--state", default="", help="Only jobs in this state.")
+@click.option("--labels", default="", help="Only jobs whose labels match, e.g. 'team=a,env in (dev,qa)'.")
 @click.option("--order-by", type=click.Choice(["created_at", "id"]), default="created_at", show_default=True)
 @click.option("--order-reversed", is_flag=True)
 @output_option("table")
 @api_options
-def list_jobs(namespace: str, limit: int, next_token: str, state: str, order_by: str, order_reversed: bool,
-              output_format: str, api_url: str) -> None:
+def list_jobs(namespace: str, limit: int, next_token: str, state: str, labels: str, order_by: str,
+              order_reversed: bool, output_format: str, api_url: str) -> None:
     """List jobs, newest first."""
     with Client(api_url) as api:
         reply = api.jobs(limit=limit, next_token=next_token, namespace=namespace, state=state, order_by=order_by,
-                         reverse="true" if order_reversed else "")
+                         reverse="true" if order_reversed else "", labels=labels)
     if output_format != "table":
         dump(reply, output_format)
         return

@@ -369,3 +369,16 @@ def test_server_errors_have_the_error_shape_and_a_request_id_header(gateway: Gat
     body = expect_error(response, 500)
     assert body["Message"] == "internal server error"
     assert response.headers.get("x-request-id") == body["RequestID"]
+
+
+def test_list_filters_by_label_selector(gateway: Gateway) -> None:
+    def labelled(**labels: str) -> str:
+        return gateway.submit(docker_job("true") | {"Labels": labels})
+
+    a, b = labelled(team="a", env="dev"), labelled(team="b", env="prod")
+    assert job_ids(gateway, labels="team=a") == [a]
+    assert job_ids(gateway, labels="env in (dev,prod),team!=a") == [b]
+    both = gateway.http.get(JOBS, params=[("labels", "env"), ("labels", "team notin (c)")]).json()["Items"]
+    assert sorted(j["ID"] for j in both) == sorted([a, b])
+    bad = gateway.http.get(JOBS, params={"labels": "team in ()"})
+    assert bad.status_code == 400 and bad.json()["Message"].startswith("labels:")
