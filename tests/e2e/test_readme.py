@@ -47,3 +47,4 @@ def test_the_quick_start_works_verbatim(tmp_path: Path, docker_engine: Any) -> N
     assert (work / "results" / "outputs" / "counts.txt").read_text().startswith("2 4 23 /inputs/hello.txt\n")
     assert (work / "wasm-results" / "outputs" / "counts.txt").read_text().startswith("2 5 24 /inputs/numbers.txt\n")
     assert '"StateType":"Completed"' in ran.stdout
+    assert "placed again" in ran.stdout and "rerun as version 3" in ran.stdout
