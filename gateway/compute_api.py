@@ -18,23 +18,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
-from gateway.models import ExecutionState, NodeRecord
-from gateway.services import Services, read_json, services
+from gateway.models import ExecutionState
+from gateway.services import Services, bearer, calling_node, read_json, services
 from gateway.store import Claimed, NodeInfo, RunOutcome
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _bearer(request: Request) -> str:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""
-
-
-async def _node(request: Request) -> NodeRecord:
-    credential = _bearer(request)
-    if not credential:
-        raise Unauthorized("the agent API needs the node credential as a Bearer token")
-    return await run_in_threadpool(services(request).store.authenticate_node, credential)
 
 
 def _node_info(body: dict[str, Any]) -> NodeInfo:
@@ -63,7 +51,7 @@ def _node_info(body: dict[str, Any]) -> NodeInfo:
 async def register(request: Request) -> JSONResponse:
     svc = services(request)
     expected = svc.settings.join_token
-    if expected and not hmac.compare_digest(_bearer(request).encode(), expected.encode()):
+    if expected and not hmac.compare_digest(bearer(request).encode(), expected.encode()):
         raise Unauthorized("a valid join token is needed to register a node (shoal agent --token)")
     info = _node_info(await read_json(request))
     node, credential = await run_in_threadpool(svc.store.register_node, info)
@@ -95,7 +83,7 @@ def _assignment(svc: Services, claimed: Claimed) -> dict[str, Any]:
 async def poll(request: Request) -> Response:
     """Heartbeat, lease renewal and a wait for work: answers as soon as something can be claimed."""
     svc = services(request)
-    node = await _node(request)
+    node = await calling_node(request)
     body = await read_json(request)
     running = body.get("Running") or []
     if not isinstance(running, list) or not all(isinstance(r, str) for r in running):
@@ -124,7 +112,7 @@ async def poll(request: Request) -> Response:
 
 async def status(request: Request) -> JSONResponse:
     svc = services(request)
-    node = await _node(request)
+    node = await calling_node(request)
     body = await read_json(request)
     try:
         state = ExecutionState(str(body.get("State", "")))
@@ -141,7 +129,7 @@ async def status(request: Request) -> JSONResponse:
 async def publish(request: Request) -> JSONResponse:
     """A presigned PUT for this execution's result archive, bound to its declared size and digest."""
     svc = services(request)
-    node = await _node(request)
+    node = await calling_node(request)
     body = await read_json(request)
     size, sha256 = body.get("Size"), str(body.get("SHA256", "")).lower()
     if not isinstance(size, int) or size < 0:
@@ -160,7 +148,7 @@ async def publish(request: Request) -> JSONResponse:
 async def complete(request: Request) -> JSONResponse:
     """The task ran; when it published, the object must be there with the size and digest it declared."""
     svc = services(request)
-    node = await _node(request)
+    node = await calling_node(request)
     body = await read_json(request)
     execution_id = request.path_params["id"]
     outcome = _outcome(body)
@@ -205,7 +193,7 @@ async def _check_upload(svc: Services, key: str | None, size: int | None, sha256
 
 async def fail(request: Request) -> JSONResponse:
     svc = services(request)
-    node = await _node(request)
+    node = await calling_node(request)
     body = await read_json(request)
     message = str(body.get("Message") or "the agent reported a failure")
     rescheduled = await run_in_threadpool(svc.store.fail, node.id, request.path_params["id"], message)
