@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from shoal.cli.output import api_options, dump, output_option, short, table, when
-from shoal.cli.submit import submit_and_report
+from shoal.cli.submit import run_options, submit_and_report
 from shoal.client import Client
 from shoal.errors import SpecError
 from shoal.results import download_results
@@ -23,13 +23,11 @@ def job() -> None:
 
 @job.command("run")
 @click.argument("file", type=click.File("rb"), default="-")
-@click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--wait-timeout-secs", default=600, show_default=True)
-@click.option("--id-only", is_flag=True, help="Print only the job ID.")
+@run_options
 @click.option("--force", is_flag=True, help="Submit even if the spec is the same as the job's latest version.")
 @click.option("--dry-run", is_flag=True, help="Validate and show how the spec differs from the job's latest version.")
 @api_options
-def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, force: bool, dry_run: bool,
+def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, follow: bool, force: bool, dry_run: bool,
         api_url: str) -> None:
     """Submit a job spec (JSON or YAML; `-` or nothing reads stdin). A spec whose Name is an existing job's
     makes that job's next version."""
@@ -43,7 +41,8 @@ def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, force: boo
                 click.echo(f"Warning: {warning}", err=True)
             click.echo(reply["Diff"].rstrip() or "No changes from the job's latest version.")
             return
-        submit_and_report(api, spec, wait=wait, id_only=id_only, wait_timeout=wait_timeout_secs, force=force)
+        submit_and_report(api, spec, wait=wait, id_only=id_only, wait_timeout=wait_timeout_secs, follow=follow,
+                          force=force)
 
 
 @job.command()

@@ -5,17 +5,35 @@ from __future__ import annotations
 import base64
 import mimetypes
 import sys
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import click
 import yaml
 
+from shoal.cli.logs import print_logs
 from shoal.cli.output import api_options, short
-from shoal.client import Client
-from shoal.errors import ShoalError
+from shoal.client import TERMINAL_STATES, Client
+from shoal.errors import NotFoundError, ShoalError
+from shoal.selector import parse_selector
 
 DEFAULT_INPUT_TARGET = "/inputs"
+
+
+_RUN_OPTIONS = [
+    click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job to finish."),
+    click.option("--wait-timeout-secs", default=600, show_default=True),
+    click.option("--id-only", is_flag=True, help="Print only the job ID."),
+    click.option("-f", "--follow", is_flag=True, help="Print the task's output as it runs, then exit with its state."),
+]
+
+
+def run_options(func: Any) -> Any:
+    """How a submitting command waits and reports: shared by `docker run`, `wasm run` and `job run`."""
+    for option in reversed(_RUN_OPTIONS):
+        func = option(func)
+    return func
 
 
 def job_options(func: Any) -> Any:
@@ -27,6 +45,8 @@ def job_options(func: Any) -> Any:
         click.option("--target", type=click.Choice(["any", "all"]), default="any", show_default=True,
                      help="all: run once on every matching node (an ops job)."),
         click.option("-l", "--labels", multiple=True, metavar="K=V", help="Job labels (repeatable)."),
+        click.option("-s", "--constraints", default="", metavar="SELECTOR",
+                     help="Node label selector, e.g. 'region=eu,gpu exists,tier in (a,b)'."),
         click.option("-e", "--env", multiple=True, metavar="K=V", help="Task environment variable (repeatable)."),
         click.option("-i", "--input", "inputs", multiple=True, metavar="SRC[:TARGET]",
                      help="An input: an http(s) URL (downloaded into TARGET, default /inputs) or a local file "
@@ -38,10 +58,8 @@ def job_options(func: Any) -> Any:
         click.option("--cpu", default="", help="CPU, e.g. 500m or 2."),
         click.option("--memory", default="", help="Memory, e.g. 512Mb or 2Gb."),
         click.option("--timeout", default=0, help="Execution timeout in seconds (0: none)."),
-        click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job to finish."),
-        click.option("--wait-timeout-secs", default=600, show_default=True),
-        click.option("--id-only", is_flag=True, help="Print only the job ID."),
         click.option("--dry-run", is_flag=True, help="Print the job spec instead of submitting it."),
+        *_RUN_OPTIONS,
         api_options,
     ]
     for option in reversed(options):
@@ -110,14 +128,17 @@ def build_job(engine: dict[str, Any], sources: list[dict[str, Any]], **opts: Any
     ops = opts["target"] == "all"
     job = {"Type": "ops" if ops else "batch", "Namespace": opts["namespace"], "Count": 0 if ops else opts["count"],
            "Labels": _pairs(opts["labels"], "--labels"), "Tasks": [task]}
+    if opts["constraints"]:
+        job["Constraints"] = parse_selector(opts["constraints"], "--constraints")
     if opts["name"]:
         job["Name"] = opts["name"]
     return job
 
 
 def submit_and_report(api: Client, job: dict[str, Any], *, wait: bool, id_only: bool, wait_timeout: float,
-                      dry_run: bool = False, force: bool = False) -> None:
-    """Submit, then wait and summarise like `bacalhau job run`; a Failed job exits 1."""
+                      follow: bool = False, dry_run: bool = False, force: bool = False) -> None:
+    """Submit, then wait and summarise like `bacalhau job run`, or with `follow` print the task's output as it
+    runs; a job that does not complete exits 1."""
     if dry_run:
         click.echo(yaml.safe_dump(job, sort_keys=False).rstrip())
         return
@@ -130,6 +151,10 @@ def submit_and_report(api: Client, job: dict[str, Any], *, wait: bool, id_only: 
             click.echo(f"Warning: {warning}", err=True)
         version = f" (version {reply['JobVersion']})" if reply.get("JobVersion", 1) > 1 else ""
         click.echo(f"Job successfully submitted. Job ID: {job_id}{version}")
+    if follow:
+        _follow(api, job_id, wait_timeout)
+        _exit_on_failure(api.wait(job_id, timeout=wait_timeout)["State"])
+        return
     if not wait:
         return
     if not id_only:
@@ -150,6 +175,19 @@ def submit_and_report(api: Client, job: dict[str, Any], *, wait: bool, id_only: 
     click.echo(f"\nTo get more details about the run:\n\tshoal job describe {short(job_id)}")
     click.echo(f"To download the results:\n\tshoal job get {short(job_id)}")
     _exit_on_failure(state)
+
+
+def _follow(api: Client, job_id: str, timeout: float) -> None:
+    """Print the job's output live; a queued job is waited on until an execution exists or the job ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            print_logs(api, job_id, follow=True)
+            return
+        except NotFoundError:
+            if api.job(job_id)["Job"]["State"]["StateType"] in TERMINAL_STATES or time.monotonic() > deadline:
+                return
+            time.sleep(0.25)
 
 
 def _exit_on_failure(state: dict[str, Any]) -> None:
@@ -177,7 +215,7 @@ def docker_run(image: str, command: tuple[str, ...], entrypoint: tuple[str, ...]
     job = build_job(engine, [parse_input(value) for value in opts["inputs"]], **opts)
     with Client(api_url) as api:
         submit_and_report(api, job, wait=opts["wait"], id_only=opts["id_only"],
-                          wait_timeout=opts["wait_timeout_secs"], dry_run=opts["dry_run"])
+                          wait_timeout=opts["wait_timeout_secs"], follow=opts["follow"], dry_run=opts["dry_run"])
 
 
 @click.group()
@@ -206,4 +244,4 @@ def wasm_run(module: str, args: tuple[str, ...], entry_point: str, api_url: str,
     job = build_job(engine, [entry] + [parse_input(value) for value in opts["inputs"]], **opts)
     with Client(api_url) as api:
         submit_and_report(api, job, wait=opts["wait"], id_only=opts["id_only"],
-                          wait_timeout=opts["wait_timeout_secs"], dry_run=opts["dry_run"])
+                          wait_timeout=opts["wait_timeout_secs"], follow=opts["follow"], dry_run=opts["dry_run"])
