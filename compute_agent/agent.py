@@ -22,10 +22,10 @@ from typing import Any
 
 import httpx
 
-from compute_agent import inputs
 from compute_agent.errors import AgentError, GatewayError, NotRegistered
 from compute_agent.executors import Executor, default_executors
 from compute_agent.gateway_client import GatewayClient
+from compute_agent.inputs import InputFetcher
 from compute_agent.log_shipping import LogShipper
 from compute_agent.publish import publish
 from compute_agent.settings import AgentSettings
@@ -49,6 +49,8 @@ class Agent:
         self.capacity = settings.capacity()
         self._gateway = GatewayClient(settings.gateway_url, poll_seconds=settings.poll_seconds)
         self._downloads = httpx.AsyncClient(timeout=60)
+        self._inputs = InputFetcher(self._downloads, limit=settings.max_input_bytes,
+                                    allowed=settings.allowed_local_paths)
         self._running: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -79,6 +81,7 @@ class Agent:
             | self.settings.labels,
             "Engines": engines,
             "Publishers": list(PUBLISHERS),
+            "StorageSources": self._inputs.storage_sources,
             "Capacity": self.capacity,
             "Version": __version__,
         }
@@ -217,7 +220,8 @@ class Agent:
             if executor is None:
                 raise AgentError(f"this agent has no {run.engine} engine")
             run.create([(r["Name"], r["Path"]) for r in spec.get("ResultPaths") or []])
-            await inputs.fetch_all(run, spec.get("InputSources") or [], self._downloads, self.settings.max_input_bytes)
+            await self._inputs.fetch_all(run, spec.get("InputSources") or [], partition=assignment["PartitionIndex"],
+                                         partitions=assignment["PartitionCount"])
             await self._gateway.status(execution_id, "Running")
             shipper = LogShipper(self._gateway, execution_id, {"stdout": run.stdout_path, "stderr": run.stderr_path})
             shipper.start()

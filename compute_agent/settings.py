@@ -7,6 +7,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compute_agent.inputs import AllowedPath
+
 
 @dataclass(frozen=True, kw_only=True)
 class AgentSettings:
@@ -25,6 +27,7 @@ class AgentSettings:
     default_cpu: str = "500m"
     default_memory: str = "512Mb"
     pids_limit: int = 256
+    allowed_local_paths: tuple[AllowedPath, ...] = ()
 
     @property
     def slots(self) -> int:

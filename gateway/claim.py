@@ -76,7 +76,7 @@ def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRe
     needs_by_job: dict[str, Needs] = {}
     for execution, job in rows:
         needs = needs_by_job.setdefault(job.id, needs_of(job))
-        if unsuitable(node.engines, node.publishers, node.labels, needs, free):
+        if unsuitable(node, needs, free):
             continue
         if not all(matches(p, node.labels) for p in needs.preferences) and _preferred_elsewhere(session, node, needs):
             continue
@@ -97,6 +97,6 @@ def _preferred_elsewhere(session: Session, node: NodeRecord, needs: Needs) -> bo
     )).all()
     return any(
         all(matches(p, other.labels) for p in needs.preferences)
-        and not unsuitable(other.engines, other.publishers, other.labels, needs, free_capacity(session, other))
+        and not unsuitable(other, needs, free_capacity(session, other))
         for other in others
     )

@@ -21,6 +21,7 @@ from gateway.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
 from gateway.models import ExecutionState
 from gateway.services import Services, bearer, calling_node, read_json, services
 from gateway.store import Claimed, NodeInfo, RunOutcome
+from gateway.uploads_api import with_input_urls
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -43,6 +44,7 @@ def _node_info(body: dict[str, Any]) -> NodeInfo:
         labels=labels,
         engines=strings("Engines"),
         publishers=strings("Publishers"),
+        storage_sources=strings("StorageSources"),
         capacity=capacity,
         version=str(body.get("Version") or ""),
     )
@@ -75,7 +77,7 @@ def _assignment(svc: Services, claimed: Claimed) -> dict[str, Any]:
         "PartitionIndex": execution.partition_index,
         "PartitionCount": job.count,
         "Attempt": execution.attempt,
-        "Task": job.spec["Tasks"][0],
+        "Task": with_input_urls(svc, job.spec["Tasks"][0]),
         "LeaseSeconds": svc.settings.lease_seconds,
     }
 

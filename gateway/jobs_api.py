@@ -18,6 +18,7 @@ from gateway import history, wire
 from gateway.errors import BadRequest, NotFound
 from gateway.models import ExecutionState, JobRecord
 from gateway.services import query_int, read_body, read_json, services
+from gateway.uploads_api import check_managed_inputs
 from shoal.errors import SpecError
 from shoal.selector import parse_selector
 from shoal.spec import Job, load_document, parse_job
@@ -30,6 +31,7 @@ async def submit(request: Request) -> JSONResponse:
     body = await read_body(request, svc.settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     job, warnings, force = _parse(body, bare=content_type in _YAML_TYPES)
+    await run_in_threadpool(check_managed_inputs, svc, job)
     record = await run_in_threadpool(svc.store.submit, job, force=force)
     svc.work.notify()
     return JSONResponse({"JobID": record.id, "JobVersion": record.version, "EvaluationID": "",

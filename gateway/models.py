@@ -124,6 +124,7 @@ class NodeRecord(SQLModel, table=True):
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     engines: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     publishers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    storage_sources: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     capacity: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     version: str = ""
     membership: str = NodeMembership.APPROVED

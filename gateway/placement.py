@@ -1,4 +1,4 @@
-"""Placement: can this node run this task? Engines, publishers, label constraints and resources.
+"""Placement: can this node run this task? Engines, publishers, input sources, label constraints and resources.
 
 `unsuitable(node, needs, free)` returns the reasons a node cannot take the task (none: it can). The same rules
 decide at submission whether any node could ever run a job (against the nodes' whole capacity), and at claim
@@ -9,9 +9,9 @@ over-committed).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from shoal.resources import parse_bytes, parse_cpu
 
@@ -44,12 +44,22 @@ class Resources:
         return cls(amount("CPU"), amount("Memory"), amount("Disk"), amount("GPU"))
 
 
+class Node(Protocol):
+    """What placement reads of a node (a `NodeRecord`)."""
+
+    engines: list[str]
+    publishers: list[str]
+    storage_sources: list[str]
+    labels: dict[str, str]
+
+
 @dataclass(frozen=True)
 class Needs:
     """What a task asks of a node."""
 
     engine: str
     publisher: str
+    sources: frozenset[str]
     constraints: tuple[dict[str, Any], ...]
     preferences: tuple[dict[str, Any], ...]
     resources: Resources
@@ -69,6 +79,7 @@ class Needs:
         return cls(
             engine=task["Engine"]["Type"],
             publisher=(task.get("Publisher") or {}).get("Type") or "s3managed",
+            sources=frozenset(source["Source"]["Type"] for source in task.get("InputSources") or []),
             constraints=tuple(c for c in constraints if not c["Key"].startswith(PREFERENCE_PREFIX)),
             preferences=tuple(c | {"Key": c["Key"][len(PREFERENCE_PREFIX):]} for c in constraints
                               if c["Key"].startswith(PREFERENCE_PREFIX)),
@@ -112,16 +123,18 @@ def describe(constraint: Mapping[str, Any]) -> str:
     return f"{constraint['Key']}{op if op not in ('gt', 'lt') else ' ' + op + ' '}{values[0]}"
 
 
-def unsuitable(engines: Sequence[str], publishers: Sequence[str], labels: Mapping[str, str], needs: Needs,
-               free: Resources) -> list[str]:
-    """Why a node with these engines, publishers, labels and `free` resources cannot run the task."""
+def unsuitable(node: Node, needs: Needs, free: Resources) -> list[str]:
+    """Why this node, with `free` resources, cannot run the task."""
     reasons = []
-    if needs.engine not in engines:
-        reasons.append(f"does not support {needs.engine}, only {', '.join(engines) or 'no engine'}")
-    if needs.publisher not in publishers:
+    if needs.engine not in node.engines:
+        reasons.append(f"does not support {needs.engine}, only {', '.join(node.engines) or 'no engine'}")
+    if needs.publisher not in node.publishers:
         reasons.append(f"does not support publisher {needs.publisher}")
+    missing = sorted(needs.sources - set(node.storage_sources))
+    if missing:
+        reasons.append(f"does not support input source {', '.join(missing)}")
     for constraint in needs.constraints:
-        if not matches(constraint, labels):
+        if not matches(constraint, node.labels):
             reasons.append(f"does not match constraint {describe(constraint)}")
     wanted = needs.resources
     for name, asked, left, unit in (("CPU", wanted.cpu, free.cpu, ""), ("memory", wanted.memory, free.memory, " B"),

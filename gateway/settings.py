@@ -39,6 +39,7 @@ class Settings:
     default_memory: str = "512Mb"
     max_body_bytes: int = 10 << 20
     max_result_bytes: int = 10 << 30
+    max_upload_bytes: int = 10 << 30
     max_log_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
@@ -105,5 +106,6 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "default_memory": str,
     "max_body_bytes": int,
     "max_result_bytes": int,
+    "max_upload_bytes": int,
     "max_log_bytes": int,
 }

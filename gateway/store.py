@@ -70,6 +70,7 @@ class NodeInfo:
     labels: dict[str, str] | None = None
     engines: Sequence[str] = ()
     publishers: Sequence[str] = ()
+    storage_sources: Sequence[str] = ()
     capacity: dict[str, Any] | None = None
     version: str = ""
 
@@ -223,8 +224,7 @@ class Store:
                 col(ExecutionRecord.compute_state).in_([ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]),
             )).first()
             needs = self.needs(job)
-            if has_one is None and not placement.unsuitable(node.engines, node.publishers, node.labels, needs,
-                                                            Resources.from_capacity(node.capacity)):
+            if has_one is None and not placement.unsuitable(node, needs, Resources.from_capacity(node.capacity)):
                 session.add(self._new_execution(job, needs, 0, attempt=1, now=now, node_id=node.id))
 
     @staticmethod
@@ -234,8 +234,7 @@ class Store:
             col(NodeRecord.membership) == NodeMembership.APPROVED,
             col(NodeRecord.connection) == NodeConnection.CONNECTED,
         )).all()
-        return {n.id: placement.unsuitable(n.engines, n.publishers, n.labels, needs,
-                                           Resources.from_capacity(n.capacity)) for n in nodes}
+        return {n.id: placement.unsuitable(n, needs, Resources.from_capacity(n.capacity)) for n in nodes}
 
     @staticmethod
     def _new_execution(job: JobRecord, needs: Needs, index: int, *, attempt: int, now: int,
@@ -725,6 +724,7 @@ def _apply_info(node: NodeRecord, info: NodeInfo) -> None:
     node.labels = dict(info.labels or {})
     node.engines = sorted(set(info.engines))
     node.publishers = sorted(set(info.publishers))
+    node.storage_sources = sorted(set(info.storage_sources))
     node.capacity = dict(info.capacity or {})
     node.version = info.version or node.version
 

@@ -62,6 +62,7 @@ def node(record: NodeRecord) -> dict[str, Any]:
             "ComputeNodeInfo": {
                 "ExecutionEngines": record.engines,
                 "Publishers": record.publishers,
+                "StorageSources": record.storage_sources,
                 "MaxCapacity": record.capacity,
             },
         },

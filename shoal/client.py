@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -15,6 +18,10 @@ from shoal.errors import APIError, ConnectError, NotFoundError, ShoalError
 DEFAULT_API_URL = "http://127.0.0.1:1234"
 TERMINAL_STATES = ("Completed", "Failed", "Stopped")
 _JOBS = "/api/v1/orchestrator/jobs"
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    yield from iter(lambda: handle.read(1 << 20), b"")
 
 
 def api_url_from_env(env: Mapping[str, str] | None = None) -> str:
@@ -130,6 +137,28 @@ class Client:
             if time.monotonic() > deadline:
                 raise ShoalError(f"job {job['ID']} is still {job['State']['StateType']} after {timeout:.0f}s")
             time.sleep(interval)
+
+    # -- uploads ----------------------------------------------------------------------------------------
+
+    def upload(self, path: Path, *, namespace: str = "") -> dict[str, Any]:
+        """Send a local file to the gateway's object store; returns the `managed` input Source naming it."""
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name).lstrip("._-")[:128] or "upload"
+        body = {"Name": name, "Size": path.stat().st_size, "SHA256": digest.hexdigest(), "Namespace": namespace}
+        target = self.request("POST", "/api/v1/uploads", json={k: v for k, v in body.items() if v != ""})
+        try:
+            with open(path, "rb") as handle:
+                response = httpx.request(target["Method"], target["URL"], content=_chunks(handle),
+                                         headers=target["Headers"], timeout=httpx.Timeout(30.0, write=None))
+        except httpx.TransportError as exc:
+            raise ConnectError(f"cannot upload {path}: {exc}") from exc
+        if response.is_error:
+            raise APIError(response.status_code, f"uploading {path} failed: {response.text[:500]}")
+        source: dict[str, Any] = target["Source"]
+        return source
 
     # -- nodes ------------------------------------------------------------------------------------------
 

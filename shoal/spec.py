@@ -39,11 +39,23 @@ class PublisherType(StrEnum):
 class SourceType(StrEnum):
     URL_DOWNLOAD = "urlDownload"
     INLINE = "inline"
+    S3 = "s3"
+    LOCAL = "local"
+    MANAGED = "managed"
+
+
+class PartitionType(StrEnum):
+    NONE = "none"
+    OBJECT = "object"
+    REGEX = "regex"
+    SUBSTRING = "substring"
+    DATE = "date"
 
 
 NODE_BOUND_TYPES = (JobType.OPS, JobType.DAEMON)  # one execution per matching node, no Count
 RESERVED_ENV_PREFIXES = ("SHOAL_", "BACALHAU_")
 MAX_INLINE_BYTES = 1 << 20
+MANAGED_KEY = r"^uploads/[A-Za-z0-9_.-]+/[0-9a-f]{32}/[A-Za-z0-9_.-]+$"  # uploads/<namespace>/<id>/<name>
 MAX_COUNT = 10_000
 _ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
@@ -77,6 +89,34 @@ class InputSource(SpecModel):
     Source: SpecConfig
     Alias: str = ""
     Target: str
+
+
+class S3Partition(SpecModel):
+    Type: str = ""
+    Pattern: str = ""
+    StartIndex: int = 0
+    EndIndex: int = 0
+    DateFormat: str = ""
+
+
+class S3Source(SpecModel):
+    Bucket: str
+    Key: str = ""
+    Filter: str = ""
+    Region: str = ""
+    Endpoint: str = ""
+    VersionID: str = ""
+    ChecksumSHA256: str = ""
+    Partition: S3Partition = S3Partition()
+
+
+class LocalSource(SpecModel):
+    SourcePath: str
+    ReadWrite: bool = False
+
+
+class ManagedSource(SpecModel):
+    Key: str
 
 
 class ResultPath(SpecModel):
@@ -288,19 +328,95 @@ def _check_source(source: SpecConfig, field: str) -> None:
     if kind is None:
         raise SpecError(f"{field}.Type", f"must be one of {', '.join(SourceType)}, not {source.Type!r}")
     source.Type = kind.value
-    params = {str(k).lower(): v for k, v in source.Params.items()}
-    url = params.get("url")
+    where = f"{field}.Params"
+    if kind is SourceType.S3:
+        source.Params = _check_s3(_build(S3Source, source.Params, where), where)
+    elif kind is SourceType.LOCAL:
+        local = _build(LocalSource, source.Params, where)
+        _check_abs_path(local.SourcePath, f"{where}.SourcePath")
+        source.Params = local.model_dump()
+    elif kind is SourceType.MANAGED:
+        managed = _build(ManagedSource, source.Params, where)
+        if not re.match(MANAGED_KEY, managed.Key):
+            raise SpecError(f"{where}.Key", f"{managed.Key!r} is not a key from POST /api/v1/uploads")
+        source.Params = managed.model_dump()
+    else:
+        source.Params = {"URL": _check_url(kind, source.Params, where)}
+
+
+def _check_url(kind: SourceType, params: dict[str, Any], field: str) -> str:
+    url = {str(k).lower(): v for k, v in params.items()}.get("url")
     if not isinstance(url, str) or not url:
-        raise SpecError(f"{field}.Params.URL", "field required")
+        raise SpecError(f"{field}.URL", "field required")
     scheme = urlparse(url).scheme
     if kind is SourceType.URL_DOWNLOAD and scheme not in ("http", "https"):
-        raise SpecError(f"{field}.Params.URL", "must be an http or https URL")
+        raise SpecError(f"{field}.URL", "must be an http or https URL")
     if kind is SourceType.INLINE:
         if scheme != "data":
-            raise SpecError(f"{field}.Params.URL", "must be a data: URL")
+            raise SpecError(f"{field}.URL", "must be a data: URL")
         if len(url) > MAX_INLINE_BYTES * 4 // 3 + 256:
-            raise SpecError(f"{field}.Params.URL", f"inline data is limited to {MAX_INLINE_BYTES} bytes")
-    source.Params = {"URL": url}
+            raise SpecError(f"{field}.URL", f"inline data is limited to {MAX_INLINE_BYTES} bytes")
+    return url
+
+
+def _check_s3(s3: S3Source, field: str) -> dict[str, Any]:
+    if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", s3.Bucket):
+        raise SpecError(f"{field}.Bucket", f"{s3.Bucket!r} is not an S3 bucket name")
+    if s3.Endpoint and urlparse(s3.Endpoint).scheme not in ("http", "https"):
+        raise SpecError(f"{field}.Endpoint", "must be an http or https URL")
+    if s3.Filter:
+        _check_regex(s3.Filter, f"{field}.Filter")
+    partition = s3.Partition
+    where = f"{field}.Partition"
+    kind = partition.Type.strip().lower() or PartitionType.NONE.value
+    if kind not in set(PartitionType):
+        raise SpecError(f"{where}.Type", f"must be one of {', '.join(PartitionType)}, not {partition.Type!r}")
+    partition.Type = kind
+    if kind == PartitionType.REGEX:
+        if not partition.Pattern:
+            raise SpecError(f"{where}.Pattern", "regex partitioning needs a Pattern")
+        _check_regex(partition.Pattern, f"{where}.Pattern")
+    if kind == PartitionType.SUBSTRING:
+        if partition.StartIndex < 0:
+            raise SpecError(f"{where}.StartIndex", "start index cannot be negative")
+        if partition.EndIndex <= partition.StartIndex:
+            raise SpecError(f"{where}.EndIndex", "end index must be greater than start index")
+    if kind == PartitionType.DATE:
+        try:
+            go_date_format(partition.DateFormat)
+        except ValueError as exc:
+            raise SpecError(f"{where}.DateFormat", str(exc)) from None
+    return s3.model_dump()
+
+
+def _check_regex(pattern: str, field: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise SpecError(field, f"invalid regex pattern: {exc}") from None
+
+
+_GO_DATE_TOKENS = (("2006", "%Y"), ("January", "%B"), ("Jan", "%b"), ("Monday", "%A"), ("Mon", "%a"),
+                   ("01", "%m"), ("02", "%d"), ("06", "%y"), ("15", "%H"), ("04", "%M"), ("05", "%S"))
+
+
+def go_date_format(layout: str) -> str:
+    """A Go reference-time layout (`2006-01-02`, Bacalhau's `DateFormat`) as a strptime format."""
+    if not layout:
+        raise ValueError("date partitioning needs a DateFormat, e.g. 2006-01-02")
+    result, rest = "", layout
+    while rest:
+        for token, code in _GO_DATE_TOKENS:
+            if rest.startswith(token):
+                result, rest = result + code, rest[len(token):]
+                break
+        else:
+            if rest[0].isdigit():
+                raise ValueError(f"invalid date format: {layout} (use Go's reference date 2006-01-02 15:04:05)")
+            result, rest = result + rest[0].replace("%", "%%"), rest[1:]
+    if "%" not in result.replace("%%", ""):
+        raise ValueError(f"invalid date format: {layout} (use Go's reference date 2006-01-02 15:04:05)")
+    return result
 
 
 def _check_results(task: Task, field: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 import wasmtime
 
 from compute_agent.errors import ExecutorError, TimeoutExpired
-from compute_agent.workspace import Mount, TaskRun
+from compute_agent.workspace import TaskRun
 
 _CACHE_SIZE = 32
 
@@ -122,21 +122,20 @@ def _entry_module(task: TaskRun) -> Path:
 
 
 def _preopens(task: TaskRun) -> list[tuple[Path, str, bool]]:
-    """Folders to preopen: each folder input at its target, each file input through its parent folder
-    (read-only), and each ResultPath read-write."""
+    """Folders to preopen: each folder input at its target (read-write only for a `local` input that asked),
+    each fetched file input through its parent folder (read-only), and each ResultPath read-write."""
     seen: dict[str, tuple[Path, str, bool]] = {}
     entry = str(task.params.get("EntryModule", ""))
     for mount in task.inputs:
         if mount.target == entry and mount.source.is_file():
             continue
-        host, guest = _folder_of(mount)
-        seen.setdefault(guest, (host, guest, False))
+        if mount.source.is_dir():
+            seen.setdefault(mount.target, (mount.source, mount.target, not mount.read_only))
+        elif task.root in mount.source.parents:
+            guest = str(PurePosixPath(mount.target).parent)
+            seen.setdefault(guest, (mount.source.parent, guest, False))
+        else:  # its parent folder would show the task the file's neighbours on the host
+            raise ExecutorError(f"WASM tasks mount local inputs as folders: {mount.source} is a file")
     for mount in task.outputs:
         seen[mount.target] = (mount.source, mount.target, True)
     return list(seen.values())
-
-
-def _folder_of(mount: Mount) -> tuple[Path, str]:
-    if mount.source.is_dir():
-        return mount.source, mount.target
-    return mount.source.parent, str(PurePosixPath(mount.target).parent)

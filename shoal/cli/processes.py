@@ -10,7 +10,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
@@ -18,6 +18,9 @@ import httpx
 from shoal.cli.output import api_options, dump, output_option
 from shoal.client import Client
 from shoal.resources import parse_bytes, parse_cpu
+
+if TYPE_CHECKING:
+    from compute_agent.inputs import AllowedPath
 
 LABEL_HELP = "A node label K=V (repeatable)."
 
@@ -86,10 +89,13 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, verbose: bo
 @click.option("--memory", default="", help="Memory to offer, e.g. 4Gb (default: 80% of the host).")
 @click.option("--disk", default="", help="Disk to offer, e.g. 20Gb (default: 80% free space of --data-dir).")
 @click.option("--name", default="", help="Node name (default: the host name).")
+@click.option("--allow-local-path", "allowed_paths", multiple=True, metavar="PATH[:rw]",
+              help="A host folder `local` inputs may mount, read-only unless :rw (repeatable).")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def agent(ctx: click.Context, gateway_url: str | None, token: str, labels: tuple[str, ...], data_dir: Path | None,
-          max_executions: int, cpu: str, memory: str, disk: str, name: str, verbose: bool) -> None:
+          max_executions: int, cpu: str, memory: str, disk: str, name: str, allowed_paths: tuple[str, ...],
+          verbose: bool) -> None:
     """Run a compute agent (`shoal agent --gateway URL`), or ask a gateway about itself (alive, version)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -101,7 +107,8 @@ def agent(ctx: click.Context, gateway_url: str | None, token: str, labels: tuple
     settings = AgentSettings(gateway_url=gateway_url, token=token, labels=_labels(labels), name=name,
                              data_dir=(data_dir or Path("~/.shoal/agent")).expanduser(),
                              max_executions=max_executions, cpu=parse_cpu(cpu) if cpu else 0.0,
-                             memory=parse_bytes(memory) if memory else 0, disk=parse_bytes(disk) if disk else 0)
+                             memory=parse_bytes(memory) if memory else 0, disk=parse_bytes(disk) if disk else 0,
+                             allowed_local_paths=_allowed_paths(allowed_paths))
 
     async def main() -> None:
         async with Agent(settings) as node:
@@ -136,9 +143,11 @@ def version(output_format: str, api_url: str) -> None:
 @click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="State dir (~/.shoal/devstack).")
 @click.option("--agents", "agent_count", default=1, show_default=True, help="Compute agents to start.")
 @click.option("--agent-labels", multiple=True, help="Labels for every agent, K=V (repeatable).")
+@click.option("--allow-local-path", "allowed_paths", multiple=True, metavar="PATH[:rw]",
+              help="A host folder the agents' `local` inputs may mount, read-only unless :rw (repeatable).")
 @click.option("-v", "--verbose", is_flag=True)
 def devstack(host: str, port: int, data_dir: Path | None, agent_count: int, agent_labels: tuple[str, ...],
-             verbose: bool) -> None:
+             allowed_paths: tuple[str, ...], verbose: bool) -> None:
     """A gateway and compute agents in one process, on the embedded defaults (SQLite, local object store)."""
     from compute_agent import Agent, AgentSettings
     from gateway import Settings
@@ -155,7 +164,8 @@ def devstack(host: str, port: int, data_dir: Path | None, agent_count: int, agen
         agents = [
             Agent(AgentSettings(gateway_url=settings.base_url, data_dir=root / f"agent-{index}",
                                 labels=labels | {"devstack-agent": str(index)}, name=f"devstack-{index}",
-                                poll_seconds=settings.poll_seconds, token=settings.join_token))
+                                poll_seconds=settings.poll_seconds, token=settings.join_token,
+                                allowed_local_paths=_allowed_paths(allowed_paths)))
             for index in range(agent_count)
         ]
         async with contextlib.AsyncExitStack() as stack:
@@ -175,6 +185,15 @@ def devstack(host: str, port: int, data_dir: Path | None, agent_count: int, agen
             await asyncio.gather(serving, *running)
 
     asyncio.run(main())
+
+
+def _allowed_paths(values: tuple[str, ...]) -> tuple[AllowedPath, ...]:
+    from compute_agent.inputs import AllowedPath
+
+    try:
+        return tuple(AllowedPath.parse(value) for value in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-local-path") from exc
 
 
 async def _wait_until_alive(base_url: str, serving: asyncio.Task[Any], deadline: float = 30.0) -> None:

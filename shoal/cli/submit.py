@@ -19,6 +19,7 @@ from shoal.errors import NotFoundError, ShoalError
 from shoal.selector import parse_selector
 
 DEFAULT_INPUT_TARGET = "/inputs"
+INLINE_LIMIT = 256 << 10  # bigger files are uploaded, not sent inside the spec
 
 
 _RUN_OPTIONS = [
@@ -49,8 +50,9 @@ def job_options(func: Any) -> Any:
                      help="Node label selector, e.g. 'region=eu,gpu exists,tier in (a,b)'."),
         click.option("-e", "--env", multiple=True, metavar="K=V", help="Task environment variable (repeatable)."),
         click.option("-i", "--input", "inputs", multiple=True, metavar="SRC[:TARGET]",
-                     help="An input: an http(s) URL (downloaded into TARGET, default /inputs) or a local file "
-                          "(sent inline, placed at TARGET, default /inputs/<name>). Also src=…,dst=… form."),
+                     help="An input (repeatable): http(s)://URL, s3://bucket/key or local:///path on the agent "
+                          "(shown at TARGET, default /inputs), or a file here (sent with the job, shown at "
+                          "TARGET, default /inputs/<name>). Also src=…,dst=…,opt=k=v."),
         click.option("-o", "--output", "outputs", multiple=True, metavar="NAME:PATH",
                      help="A result folder to publish, e.g. outputs:/outputs (repeatable)."),
         click.option("-p", "--publisher", default="s3managed", show_default=True,
@@ -77,22 +79,66 @@ def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
     return result
 
 
-def parse_input(value: str) -> dict[str, Any]:
-    """An InputSource from `-i`: `URI[:TARGET]` or `src=URI,dst=TARGET`."""
-    if "src=" in value or "source=" in value:
-        parts = _pairs(tuple(value.split(",")), "--input")
+def parse_input(value: str, api: Client, namespace: str) -> dict[str, Any]:
+    """An InputSource from `-i`: `URI[:TARGET]`, or Bacalhau's `src=URI,dst=TARGET,opt=k=v,…`."""
+    opts: dict[str, str] = {}
+    if value.startswith(("src=", "source=")):
+        parts: dict[str, str] = {}
+        for item in value.split(","):
+            key, sep, rest = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{item!r} must be KEY=VALUE", param_hint="--input")
+            if key == "opt":
+                name, _, setting = rest.partition("=")
+                opts[name.lower()] = setting
+            else:
+                parts[key] = rest
         source = parts.get("src") or parts.get("source") or ""
         target = parts.get("dst") or parts.get("target") or parts.get("destination") or ""
     else:
         source, target = split_target(value)
-    if source.startswith(("http://", "https://")):
-        return {"Source": {"Type": "urlDownload", "Params": {"URL": source}}, "Target": target or DEFAULT_INPUT_TARGET,
-                "Alias": source}
-    path = Path(source).expanduser()
-    if "://" not in source and path.is_file():
-        return {"Source": {"Type": "inline", "Params": {"URL": data_url(path)}},
-                "Target": target or f"{DEFAULT_INPUT_TARGET}/{path.name}", "Alias": path.name}
-    raise click.BadParameter(f"{source!r} is neither an http(s) URL nor a local file", param_hint="--input")
+    return input_source(source, target, api, namespace, opts)
+
+
+def input_source(source: str, target: str, api: Client, namespace: str,
+                 opts: dict[str, str] | None = None) -> dict[str, Any]:
+    """`http(s)://` downloads, `s3://bucket/key` objects and `local:///path` folders on the agent; a file on
+    this machine (a path or `file://`) is sent with the job: inline when small, else uploaded first."""
+    opts = opts or {}
+    scheme = source.partition("://")[0].lower() if "://" in source else ""
+    if scheme in ("http", "https"):
+        spec = {"Type": "urlDownload", "Params": {"URL": source}}
+    elif scheme == "s3":
+        bucket, _, key = source[len("s3://"):].partition("/")
+        params = {"Bucket": bucket, "Key": key} | {
+            name: opts[option] for option, name in _S3_OPTIONS.items() if option in opts
+        }
+        spec = {"Type": "s3", "Params": params}
+    elif scheme == "local":
+        spec = {"Type": "local", "Params": {"SourcePath": source[len("local://"):],
+                                            "ReadWrite": opts.get("rw", "").lower() == "true"}}
+    elif scheme in ("", "file"):
+        path = Path(source[len("file://"):] if scheme else source).expanduser()
+        if not path.is_file():
+            raise click.BadParameter(f"{source!r}: no such file here (for a path on the agent, use local:///path)",
+                                     param_hint="--input")
+        target = target or f"{DEFAULT_INPUT_TARGET}/{path.name}"
+        return {"Source": client_file(path, api, namespace), "Target": target, "Alias": path.name}
+    else:
+        raise click.BadParameter(f"{source!r}: inputs are http(s)://, s3://, local:// or a file here",
+                                 param_hint="--input")
+    return {"Source": spec, "Target": target or DEFAULT_INPUT_TARGET, "Alias": source}
+
+
+_S3_OPTIONS = {"endpoint": "Endpoint", "region": "Region", "filter": "Filter", "versionid": "VersionID",
+               "checksum-256": "ChecksumSHA256"}
+
+
+def client_file(path: Path, api: Client, namespace: str) -> dict[str, Any]:
+    """A file on this machine as an input Source: a data: URL up to INLINE_LIMIT, else a managed upload."""
+    if path.stat().st_size <= INLINE_LIMIT:
+        return {"Type": "inline", "Params": {"URL": data_url(path)}}
+    return api.upload(path, namespace=namespace)
 
 
 def split_target(value: str) -> tuple[str, str]:
@@ -212,8 +258,8 @@ def docker_run(image: str, command: tuple[str, ...], entrypoint: tuple[str, ...]
     """Run IMAGE with COMMAND (after --), e.g. `shoal docker run busybox -- echo hello`."""
     engine = {"Type": "docker", "Params": {"Image": image, "Entrypoint": list(entrypoint),
                                            "Parameters": list(command), "WorkingDirectory": workdir}}
-    job = build_job(engine, [parse_input(value) for value in opts["inputs"]], **opts)
     with Client(api_url) as api:
+        job = build_job(engine, [parse_input(value, api, opts["namespace"]) for value in opts["inputs"]], **opts)
         submit_and_report(api, job, wait=opts["wait"], id_only=opts["id_only"],
                           wait_timeout=opts["wait_timeout_secs"], follow=opts["follow"], dry_run=opts["dry_run"])
 
@@ -229,19 +275,19 @@ def wasm() -> None:
 @click.argument("module")
 @click.argument("args", nargs=-1)
 def wasm_run(module: str, args: tuple[str, ...], entry_point: str, api_url: str, **opts: Any) -> None:
-    """Run MODULE (a local .wasm file, sent inline, or an http(s) URL) with ARGS."""
+    """Run MODULE (a .wasm file here, sent with the job; or an http(s):// or s3:// URL) with ARGS.
+    MODULE:/target sets where the task sees it."""
     source, target = split_target(module)
-    if source.startswith(("http://", "https://")):
-        entry = {"Source": {"Type": "urlDownload", "Params": {"URL": source}}, "Target": target or "/app"}
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise ShoalError(f"{source}: no such WASM module file")
-        entry = {"Source": {"Type": "inline", "Params": {"URL": data_url(path)}},
-                 "Target": target or str(PurePosixPath("/app") / path.name)}
-    engine = {"Type": "wasm", "Params": {"EntryModule": entry["Target"], "Entrypoint": entry_point,
-                                         "Parameters": list(args)}}
-    job = build_job(engine, [entry] + [parse_input(value) for value in opts["inputs"]], **opts)
     with Client(api_url) as api:
+        if "://" not in source or source.startswith("file://"):
+            path = Path(source.removeprefix("file://")).expanduser()
+            if not path.is_file():
+                raise ShoalError(f"{source}: no such WASM module file")
+            target = target or str(PurePosixPath("/app") / path.name)
+        entry = input_source(source, target or "/app", api, opts["namespace"])
+        engine = {"Type": "wasm", "Params": {"EntryModule": entry["Target"], "Entrypoint": entry_point,
+                                             "Parameters": list(args)}}
+        job = build_job(engine, [entry] + [parse_input(value, api, opts["namespace"]) for value in opts["inputs"]],
+                        **opts)
         submit_and_report(api, job, wait=opts["wait"], id_only=opts["id_only"],
                           wait_timeout=opts["wait_timeout_secs"], follow=opts["follow"], dry_run=opts["dry_run"])

@@ -12,6 +12,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import Cluster, Gateway, one_agent_stack, shoal_command, wait_for
+from tests.fakes import NODE_INFO
 from tests.specs import docker_job, wasm_job
 
 
@@ -90,7 +91,7 @@ def test_shipped_logs_are_capped_but_results_keep_everything(cluster: Cluster, t
 
 
 def test_the_agent_api_refuses_bad_chunks(stack: Gateway) -> None:
-    node = stack.http.post("/api/v1/compute/register", json={"Engines": ["wasm"], "Publishers": ["s3managed"]})
+    node = stack.http.post("/api/v1/compute/register", json=NODE_INFO)
     credential = node.json()["Credential"]
     bad = stack.http.post("/api/v1/compute/executions/e-x/logs", headers={"Authorization": f"Bearer {credential}"},
                           json={"Chunks": [{"Stream": "stdin", "Offset": 0, "Data": "x"}]})

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import os
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,23 +19,9 @@ import pytest
 
 from gateway.objectstore.local import LocalObjectStore
 from tests.conftest import Cluster, Gateway, wait_for
-
-EMPTY_MODULE = "data:application/wasm;base64,AGFzbQEAAAA="
-WASM_JOB = {
-    "Type": "batch",
-    "Tasks": [{
-        "Name": "main",
-        "Engine": {"Type": "wasm", "Params": {"EntryModule": "/app/m.wasm"}},
-        "InputSources": [{"Target": "/app/m.wasm", "Source": {"Type": "inline", "Params": {"URL": EMPTY_MODULE}}}],
-    }],
-}
-
+from tests.fakes import Claim, FakeAgent, result_archive, sha256
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def query_of(url: str) -> dict[str, str]:
@@ -73,43 +57,6 @@ def assert_error(response: httpx.Response, status: int, code: str, message: str 
 
 
 @dataclass
-class Claim:
-    job_id: str
-    execution_id: str
-
-
-class FakeAgent:
-    """A compute node that speaks the agent protocol by hand: register, poll, publish, complete."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        response = gateway.http.post("/api/v1/compute/register",
-                                     json={"Engines": ["wasm"], "Publishers": ["s3managed"]})
-        assert response.status_code == 200, response.text
-        self.auth = {"Authorization": f"Bearer {response.json()['Credential']}"}
-
-    def claim(self) -> Claim:
-        job_id = self.gateway.submit(WASM_JOB)
-        response = self.gateway.http.post("/api/v1/compute/poll", headers=self.auth, json={"FreeSlots": 1, "Wait": 1})
-        assert response.status_code == 200, response.text
-        [assignment] = response.json()["Executions"]
-        assert assignment["JobID"] == job_id
-        return Claim(job_id, assignment["ExecutionID"])
-
-    def publish(self, claim: Claim, size: int, digest: str) -> dict[str, Any]:
-        response = self.gateway.http.post(f"/api/v1/compute/executions/{claim.execution_id}/publish",
-                                          headers=self.auth, json={"Size": size, "SHA256": digest})
-        assert response.status_code == 200, response.text
-        target = dict(response.json())
-        assert target["Method"] == "PUT"
-        return target
-
-    def complete(self, claim: Claim) -> httpx.Response:
-        return self.gateway.http.post(f"/api/v1/compute/executions/{claim.execution_id}/complete",
-                                      headers=self.auth, json={"ExitCode": 0, "Published": True})
-
-
-@dataclass
 class Published:
     claim: Claim
     key: str
@@ -120,11 +67,11 @@ class Published:
 
 def publish_and_complete(gateway: Gateway, agent: FakeAgent, data: bytes) -> Published:
     claim = agent.claim()
-    target = agent.publish(claim, len(data), sha256(data))
+    target = agent.publish(claim.execution_id, len(data), sha256(data))
     uploaded = httpx.put(target["URL"], content=data, headers=target["Headers"])
     assert uploaded.status_code == 200, uploaded.text
     assert uploaded.json() == {"Key": target["Key"], "Size": len(data)}
-    completed = agent.complete(claim)
+    completed = agent.complete(claim.execution_id)
     assert completed.status_code == 200, completed.text
     assert gateway.job(claim.job_id)["State"]["StateType"] == "Completed"
     [item] = gateway.http.get(f"/api/v1/orchestrator/jobs/{claim.job_id}/results").json()["Items"]
@@ -144,16 +91,6 @@ def object_files(gateway: Gateway, job_id: str) -> set[str]:
     """Every file the store holds for this job's results, temporary upload files included."""
     root = gateway.data_dir / "objects" / "results" / job_id
     return {f"results/{job_id}/{p.relative_to(root)}" for p in root.rglob("*") if p.is_file()}
-
-
-def result_archive(stdout: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in (("exitCode", b"0"), ("stderr", b""), ("stdout", stdout)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 # A long lease, so no housekeeping sweep fails an execution while a test is between publish and complete.
@@ -222,7 +159,7 @@ def test_an_expired_get_url_is_refused(start_gateway: Callable[..., Gateway]) ->
 def test_an_expired_put_url_is_refused_and_stores_nothing(gw: Gateway, agent: FakeAgent) -> None:
     data = b"too late"
     claim = agent.claim()
-    key = agent.publish(claim, len(data), sha256(data))["Key"]
+    key = agent.publish(claim.execution_id, len(data), sha256(data))["Key"]
     # The gateway's own signing key (kept in its data dir), with a one-second life.
     signed = LocalObjectStore.in_data_dir(gw.data_dir, gw.url).presign_put(key, len(data), sha256(data), 1)
     expires = int(query_of(signed.url)["expires"])
@@ -264,7 +201,7 @@ def test_a_url_for_one_key_does_not_open_another(gw: Gateway, agent: FakeAgent) 
     # Nor may a PUT URL for one key overwrite another object, even with a valid body for the signature.
     data = b"overwrite attempt"
     claim = agent.claim()
-    target = agent.publish(claim, len(data), sha256(data))
+    target = agent.publish(claim.execution_id, len(data), sha256(data))
     redirected = with_path(target["URL"], urlsplit(second.get_url).path)
     assert_error(httpx.put(redirected, content=data, headers=target["Headers"]), 403, "Forbidden")
     assert httpx.get(second.get_url).content == b"second object"
@@ -283,7 +220,7 @@ def test_a_get_url_cannot_upload_and_a_put_url_cannot_download(gw: Gateway, agen
 def test_altering_the_signed_size_or_digest_is_refused(gw: Gateway, agent: FakeAgent) -> None:
     data, other = b"declared bytes", b"something quite different"
     claim = agent.claim()
-    target = agent.publish(claim, len(data), sha256(data))
+    target = agent.publish(claim.execution_id, len(data), sha256(data))
 
     bigger = with_query(target["URL"], size=str(len(other)), sha256=sha256(other))
     assert_error(httpx.put(bigger, content=other), 403, "Forbidden", "signature does not match")
@@ -317,13 +254,13 @@ def test_an_upload_that_breaks_its_signature_leaves_no_object_and_fails_completi
     declared = b"exactly the declared bytes"
     assert len(declared) == 26
     claim = agent.claim()
-    target = agent.publish(claim, len(declared), sha256(declared))
+    target = agent.publish(claim.execution_id, len(declared), sha256(declared))
 
     # Sent without the signed Content-Length header: the body's real length goes on the wire.
     assert_error(httpx.put(target["URL"], content=body), status, code, message)
     assert object_files(gw, claim.job_id) == set()  # neither the object, nor its digest, nor a leftover temporary file
 
-    completed = agent.complete(claim)
+    completed = agent.complete(claim.execution_id)
     assert_error(completed, 409, "Conflict", f"publish failed: no object at {target['Key']}")
     first, retry = gw.executions(claim.job_id)
     assert first["ID"] == claim.execution_id
@@ -338,13 +275,13 @@ def test_an_upload_that_breaks_its_signature_leaves_no_object_and_fails_completi
 def test_a_refused_upload_does_not_disturb_an_object_already_stored(gw: Gateway, agent: FakeAgent) -> None:
     data = b"the good upload"
     claim = agent.claim()
-    target = agent.publish(claim, len(data), sha256(data))
+    target = agent.publish(claim.execution_id, len(data), sha256(data))
     assert httpx.put(target["URL"], content=data, headers=target["Headers"]).status_code == 200
     assert_error(httpx.put(target["URL"], content=b"the bad upload!"), 400, "BadRequest", "SHA-256")
     assert_error(httpx.put(target["URL"], content=data + b"tail"), 413, "PayloadTooLarge")
     assert object_files(gw, claim.job_id) == {target["Key"], target["Key"] + ".sha256"}
     assert (gw.data_dir / "objects" / target["Key"]).read_bytes() == data
-    assert agent.complete(claim).status_code == 200
+    assert agent.complete(claim.execution_id).status_code == 200
 
 
 # -- keys outside the store --------------------------------------------------------------------------------

@@ -9,87 +9,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
-import logging
 import os
-import tarfile
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from gateway.objectstore.s3 import S3ObjectStore
-from tests.conftest import Gateway, free_port
+from tests.conftest import S3, Gateway
+from tests.fakes import FakeAgent, result_archive, sha256
 
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-}
-AWS_UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
-
-EMPTY_MODULE = "data:application/wasm;base64,AGFzbQEAAAA="
-WASM_JOB = {
-    "Type": "batch",
-    "Tasks": [{
-        "Name": "main",
-        "Engine": {"Type": "wasm", "Params": {"EntryModule": "/app/m.wasm"}},
-        "InputSources": [{"Target": "/app/m.wasm", "Source": {"Type": "inline", "Params": {"URL": EMPTY_MODULE}}}],
-    }],
-}
-
-
-@dataclass
-class S3:
-    endpoint: str
-    bucket: str
-    client: Any
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    bucket = f"shoal-results-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
-    yield S3(endpoint, bucket, client)
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials for boto3 here and in the gateway process (which inherits os.environ)."""
-    for name in AWS_UNSET:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def result_archive(stdout: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in (("exitCode", b"0"), ("stderr", b""), ("stdout", stdout)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 # -- S3ObjectStore on its own --------------------------------------------------------------------------------
@@ -148,35 +80,6 @@ def test_stat_of_a_missing_key_is_none(store: S3ObjectStore) -> None:
 
 
 # -- a gateway process keeping results in S3 ---------------------------------------------------------------
-
-
-class FakeAgent:
-    """A compute node that speaks the agent protocol by hand: register, poll, publish, complete."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        response = gateway.http.post("/api/v1/compute/register",
-                                     json={"Engines": ["wasm"], "Publishers": ["s3managed"]})
-        assert response.status_code == 200, response.text
-        self.auth = {"Authorization": f"Bearer {response.json()['Credential']}"}
-
-    def claim(self) -> tuple[str, str]:
-        job_id = self.gateway.submit(WASM_JOB)
-        response = self.gateway.http.post("/api/v1/compute/poll", headers=self.auth, json={"FreeSlots": 1, "Wait": 1})
-        assert response.status_code == 200, response.text
-        [assignment] = response.json()["Executions"]
-        assert assignment["JobID"] == job_id
-        return job_id, str(assignment["ExecutionID"])
-
-    def publish(self, execution_id: str, size: int, digest: str) -> dict[str, Any]:
-        response = self.gateway.http.post(f"/api/v1/compute/executions/{execution_id}/publish",
-                                          headers=self.auth, json={"Size": size, "SHA256": digest})
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def complete(self, execution_id: str) -> httpx.Response:
-        return self.gateway.http.post(f"/api/v1/compute/executions/{execution_id}/complete",
-                                      headers=self.auth, json={"ExitCode": 0, "Published": True})
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from gateway.models import NodeRecord
 from gateway.placement import Needs, Resources, matches, not_enough_nodes, unsuitable
 
 LABELS = {"zone": "eu", "size": "8", "gpu": "none"}
@@ -26,8 +27,14 @@ def needs(**overrides: object) -> Needs:
     spec = {"Constraints": overrides.pop("constraints", []), "Tasks": [{
         "Engine": {"Type": overrides.pop("engine", "wasm")}, "Publisher": {"Type": "s3managed"},
         "Resources": overrides.pop("resources", {}),
+        "InputSources": [{"Source": {"Type": kind}, "Target": f"/in/{kind}"} for kind in overrides.pop("sources", [])],
     }]}
     return Needs.of(spec, "500m", "512Mb")
+
+
+def node(engines: list[str], publishers: list[str], labels: dict[str, str], sources: list[str] = ()) -> NodeRecord:
+    return NodeRecord(id="n-1", credential_sha256="", engines=engines, publishers=publishers, labels=labels,
+                      storage_sources=list(sources), last_heartbeat=0, create_time=0)
 
 
 def test_needs_split_constraints_and_preferences_and_take_server_defaults() -> None:
@@ -40,15 +47,17 @@ def test_needs_split_constraints_and_preferences_and_take_server_defaults() -> N
 
 def test_every_reason_a_node_is_unsuitable_is_given() -> None:
     wanted = needs(engine="docker", constraints=[{"Key": "zone", "Operator": "=", "Values": ["us"]}],
-                   resources={"CPU": "4", "Memory": "1Gb"})
-    reasons = unsuitable(["wasm"], [], LABELS, wanted, Resources(cpu=2, memory=2e9, disk=1e9))
+                   resources={"CPU": "4", "Memory": "1Gb"}, sources=["local", "s3", "inline"])
+    reasons = unsuitable(node(["wasm"], [], LABELS, ["inline"]), wanted, Resources(cpu=2, memory=2e9, disk=1e9))
     assert reasons == [
         "does not support docker, only wasm",
         "does not support publisher s3managed",
+        "does not support input source local, s3",
         "does not match constraint zone=us",
         "not enough CPU: requested 4, available 2",
     ]
-    assert unsuitable(["docker"], ["s3managed"], {"zone": "us"}, wanted, Resources.from_capacity({})) == []
+    able = node(["docker"], ["s3managed"], {"zone": "us"}, ["inline", "local", "s3"])
+    assert unsuitable(able, wanted, Resources.from_capacity({})) == []
     assert Resources.from_capacity({"CPU": 2}).memory == math.inf
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from compute_agent.inputs import STORAGE_SOURCES
 from gateway.db import make_engine
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobState, NodeConnection
@@ -55,7 +56,8 @@ def store(engine: Engine) -> Store:
 
 
 def node(store: Store, *engines: str) -> Any:
-    record, _ = store.register_node(NodeInfo(engines=list(engines or ["wasm"]), publishers=["s3managed"]))
+    record, _ = store.register_node(NodeInfo(engines=list(engines or ["wasm"]), publishers=["s3managed"],
+                                                 storage_sources=STORAGE_SOURCES))
     return record
 
 
@@ -277,7 +279,8 @@ def test_heartbeat_marks_the_node_connected_and_updates_its_info(store: Store) -
     a = node(store)
     before = a.last_heartbeat
     wait_for(lambda: time.time_ns() > before, timeout=5)
-    updated = store.heartbeat(a.id, NodeInfo(name="renamed", engines=["docker", "wasm"], labels={"zone": "a"}), [])
+    updated = store.heartbeat(a.id, NodeInfo(name="renamed", engines=["docker", "wasm"], labels={"zone": "a"},
+                                            storage_sources=STORAGE_SOURCES), [])
     assert updated.last_heartbeat > before
     [stored] = store.nodes()
     assert (stored.name, stored.engines, stored.labels) == ("renamed", ["docker", "wasm"], {"zone": "a"})

@@ -10,7 +10,7 @@ import pytest
 
 from shoal.errors import SpecError
 from shoal.resources import parse_bytes, parse_cpu
-from shoal.spec import load_document, parse_job
+from shoal.spec import go_date_format, load_document, parse_job
 
 WASM_DATA = "data:application/wasm;base64,AGFzbQEAAAA="
 
@@ -206,6 +206,10 @@ def _inline(target: str, url: str = WASM_DATA, kind: str = "inline") -> dict[str
     return {"Target": target, "Source": {"Type": kind, "Params": {"URL": url}}}
 
 
+def _source(kind: str, **params: Any) -> list[dict[str, Any]]:
+    return [{"Target": "/in", "Source": {"Type": kind, "Params": params}}]
+
+
 INVALID: list[tuple[str, Callable[[], dict[str, Any]], Edit, str]] = [
     ("missing Tasks", docker_spec, lambda s: s.pop("Tasks"), "Tasks"),
     ("two tasks", docker_spec, lambda s: s["Tasks"].append(copy.deepcopy(s["Tasks"][0])), "Tasks"),
@@ -262,6 +266,35 @@ INVALID: list[tuple[str, Callable[[], dict[str, Any]], Edit, str]] = [
     ("unknown source type", docker_spec,
      lambda s: _task(s).update(InputSources=[_inline("/in", "ipfs://QmX", "ipfs")]),
      "Tasks[0].InputSources[0].Source.Type"),
+    ("s3 without Bucket", docker_spec, lambda s: _task(s).update(InputSources=_source("s3", Key="x")),
+     "Tasks[0].InputSources[0].Source.Params.Bucket"),
+    ("s3 bad bucket name", docker_spec, lambda s: _task(s).update(InputSources=_source("s3", Bucket="No_Such")),
+     "Tasks[0].InputSources[0].Source.Params.Bucket"),
+    ("s3 bad Filter", docker_spec, lambda s: _task(s).update(InputSources=_source("s3", Bucket="b1b", Filter="[")),
+     "Tasks[0].InputSources[0].Source.Params.Filter"),
+    ("s3 Endpoint not a URL", docker_spec,
+     lambda s: _task(s).update(InputSources=_source("s3", Bucket="b1b", Endpoint="minio:9000")),
+     "Tasks[0].InputSources[0].Source.Params.Endpoint"),
+    ("s3 unknown partition type", docker_spec,
+     lambda s: _task(s).update(InputSources=_source("s3", Bucket="b1b", Partition={"Type": "hash"})),
+     "Tasks[0].InputSources[0].Source.Params.Partition.Type"),
+    ("s3 regex partition without Pattern", docker_spec,
+     lambda s: _task(s).update(InputSources=_source("s3", Bucket="b1b", Partition={"Type": "regex"})),
+     "Tasks[0].InputSources[0].Source.Params.Partition.Pattern"),
+    ("s3 substring with negative start", docker_spec,
+     lambda s: _task(s).update(InputSources=_source("s3", Bucket="b1b", Partition={
+         "Type": "substring", "StartIndex": -1, "EndIndex": 2})),
+     "Tasks[0].InputSources[0].Source.Params.Partition.StartIndex"),
+    ("s3 date partition with a strftime format", docker_spec,
+     lambda s: _task(s).update(InputSources=_source("s3", Bucket="b1b", Partition={
+         "Type": "date", "DateFormat": "%Y-%m-%d"})),
+     "Tasks[0].InputSources[0].Source.Params.Partition.DateFormat"),
+    ("local relative SourcePath", docker_spec,
+     lambda s: _task(s).update(InputSources=_source("local", SourcePath="data")),
+     "Tasks[0].InputSources[0].Source.Params.SourcePath"),
+    ("managed key not from an upload", docker_spec,
+     lambda s: _task(s).update(InputSources=_source("managed", Key="results/j-1/e-1.tar.gz")),
+     "Tasks[0].InputSources[0].Source.Params.Key"),
     ("wasm EntryModule not an input Target", wasm_spec, lambda s: _params(s).update(EntryModule="/app/other.wasm"),
      "Tasks[0].Engine.Params.EntryModule"),
     ("wasm without EntryModule", wasm_spec, lambda s: _params(s).pop("EntryModule"),
@@ -355,3 +388,27 @@ def test_job_types_and_their_count(kind: str, count: int | None, expected: int) 
         spec["Count"] = count
     job, _ = parse_job(spec)
     assert (job.Type, job.Count) == (kind, expected)
+
+
+def test_input_sources_are_normalised() -> None:
+    spec = docker_spec()
+    _task(spec)["InputSources"] = [
+        {"target": "/a", "source": {"type": "S3", "params": {"bucket": "my-bucket", "key": "data/",
+                                                             "partition": {"type": "Date", "dateFormat": "2006-01"}}}},
+        {"Target": "/b", "Source": {"Type": "LOCAL", "Params": {"SourcePath": "/srv/data", "ReadWrite": True}}},
+    ]
+    job, _ = parse_job(spec)
+    s3, local = job.wire()["Tasks"][0]["InputSources"]
+    assert s3["Source"] == {"Type": "s3", "Params": {
+        "Bucket": "my-bucket", "Key": "data/", "Filter": "", "Region": "", "Endpoint": "", "VersionID": "",
+        "ChecksumSHA256": "", "Partition": {"Type": "date", "Pattern": "", "StartIndex": 0, "EndIndex": 0,
+                                            "DateFormat": "2006-01"}}}
+    assert local["Source"] == {"Type": "local", "Params": {"SourcePath": "/srv/data", "ReadWrite": True}}
+
+
+@pytest.mark.parametrize(("layout", "strptime"), [
+    ("2006-01-02", "%Y-%m-%d"), ("20060102", "%Y%m%d"), ("2006/01/02 15:04:05", "%Y/%m/%d %H:%M:%S"),
+    ("02-Jan-06", "%d-%b-%y"),
+])
+def test_go_date_layouts(layout: str, strptime: str) -> None:
+    assert go_date_format(layout) == strptime
