@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import click
 
@@ -14,6 +16,7 @@ from shoal.client import Client
 from shoal.errors import SpecError
 from shoal.results import download_results
 from shoal.spec import load_document
+from shoal.templating import env_values, job_template, job_templates, render
 
 
 @click.group()
@@ -22,16 +25,35 @@ def job() -> None:
 
 
 @job.command("run")
-@click.argument("file", type=click.File("rb"), default="-")
+@click.argument("file", type=click.File("rb"), required=False)
 @run_options
 @click.option("--force", is_flag=True, help="Submit even if the spec is the same as the job's latest version.")
 @click.option("--dry-run", is_flag=True, help="Validate and show how the spec differs from the job's latest version.")
+@click.option("--template", "template_name", default="", metavar="NAME",
+              help="Run the named template (see `shoal job templates`) instead of FILE.")
+@click.option("-V", "--template-vars", multiple=True, metavar="K=V",
+              help="A template variable (repeatable; K1=V1,K2=V2 also sets two, as in Bacalhau).")
+@click.option("-E", "--template-envs", default="", metavar="REGEX",
+              help="Environment variables whose names match REGEX become template variables ('*': all).")
+@click.option("--no-template", is_flag=True, help="Send the spec as it is, without rendering {{ }} actions.")
 @api_options
-def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, follow: bool, force: bool, dry_run: bool,
+def run(file: BinaryIO | None, wait: bool, wait_timeout_secs: int, id_only: bool, follow: bool, force: bool,
+        dry_run: bool, template_name: str, template_vars: tuple[str, ...], template_envs: str, no_template: bool,
         api_url: str) -> None:
     """Submit a job spec (JSON or YAML; `-` or nothing reads stdin). A spec whose Name is an existing job's
-    makes that job's next version."""
-    spec = load_document(file.read())
+    makes that job's next version.
+
+    The spec is a Go text/template: `{{.name}}` is the variable given with `-V name=VALUE` (or from the
+    environment with -E), and a variable that is not given is an error."""
+    if template_name and file is not None:
+        raise click.UsageError("give either FILE or --template, not both")
+    if template_name:
+        data = job_template(template_name).text.encode()
+    else:
+        data = (file if file is not None else sys.stdin.buffer).read()
+    if not no_template:
+        data = _render(data, _template_values(template_vars, template_envs))
+    spec = load_document(data)
     if not isinstance(spec, dict):
         raise SpecError("", "the file must hold one job spec mapping")
     with Client(api_url) as api:
@@ -43,6 +65,60 @@ def run(file: Any, wait: bool, wait_timeout_secs: int, id_only: bool, follow: bo
             return
         submit_and_report(api, spec, wait=wait, id_only=id_only, wait_timeout=wait_timeout_secs, follow=follow,
                           force=force)
+
+
+def _render(data: bytes, values: dict[str, str]) -> bytes:
+    """The spec rendered with `values`; a spec without `{{` is left as it is."""
+    if b"{{" not in data:
+        return data
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise SpecError("", "a templated spec must be UTF-8 text") from None
+    return render(text, values).encode()
+
+
+def _template_values(pairs: tuple[str, ...], env_pattern: str) -> dict[str, str]:
+    """The `-E` environment variables, then the `-V` ones, which win as in Bacalhau."""
+    try:
+        values = env_values(env_pattern, os.environ) if env_pattern else {}
+    except re.error as exc:
+        raise click.BadParameter(f"{env_pattern!r} is not a regular expression: {exc}",
+                                 param_hint="'-E' / '--template-envs'") from None
+    return values | _template_vars(pairs)
+
+
+_PAIR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _template_vars(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`-V` values. Like Bacalhau's, `a=1,b=2` sets two variables, but only when every comma-separated part
+    starts with NAME=, so that a value such as `args=cat, /inputs/x` keeps its comma."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        parts = pair.split(",")
+        for part in parts if all(_PAIR.match(p) for p in parts) else [pair]:
+            key, sep, value = part.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{pair!r} must be NAME=VALUE", param_hint="'-V' / '--template-vars'")
+            values[key] = value
+    return values
+
+
+@job.command("templates")
+@click.argument("name", required=False)
+@output_option("table")
+def list_templates(name: str | None, output_format: str) -> None:
+    """List the named job templates for `shoal job run --template`, or print the template NAME."""
+    if name:
+        click.echo(job_template(name).text.rstrip())
+        return
+    items = job_templates()
+    if output_format != "table":
+        dump({"Items": [{"Name": t.name, "Description": t.description, "Variables": t.variables} for t in items]},
+             output_format)
+        return
+    table(["NAME", "VARIABLES", "DESCRIPTION"], [[t.name, ",".join(t.variables), t.description] for t in items])
 
 
 @job.command()

@@ -264,3 +264,17 @@ def test_wasm_run_uploads_a_module_too_big_to_send_inline(stack: Any, tmp_path: 
     assert gateway.executions(job["ID"])[0]["RunOutput"]["Stdout"] == "uploaded module\n"
     described = json.loads(shoal(gateway, "job", "describe", job["ID"], "--output", "json", cwd=tmp_path).stdout)
     assert described["Job"]["Tasks"][0]["InputSources"][0]["Source"]["Params"]["Size"] == module.stat().st_size
+
+
+def test_the_s3_partitioned_template_counts_each_partitions_share(stack: Any, s3: S3, docker_engine: object,
+                                                                 tmp_path: Path) -> None:
+    gateway = stack[0]
+    ran = shoal(gateway, "job", "run", "--template", "s3-partitioned", "--id-only", "-V", f"bucket={s3.bucket}",
+                "-V", "prefix=set1/", "-V", "region=us-east-1", "-V", f"endpoint={s3.endpoint}",
+                "-V", "partitions=2", "-V", "image=shoal-test/busybox:1", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    counted: list[str] = []
+    for execution in gateway.executions(ran.stdout.strip()):
+        lines = [line.split() for line in execution["RunOutput"]["Stdout"].splitlines()]
+        counted += [name.removeprefix("./") for count, name in lines if name != "total" and count == "1"]
+    assert sorted(counted) == ["001.txt", "002.txt", "101.txt", "102.txt", "notes.md"]
