@@ -50,6 +50,31 @@ def test_the_cli_follows_stdout_and_stderr_apart(stack: Gateway, docker_engine: 
     assert tail.stdout + tail.stderr == "late\n"
 
 
+def test_run_follow_prints_lines_as_the_task_prints_them(stack: Gateway, docker_engine: Any) -> None:
+    command = shoal_command("docker", "run", "--follow", "--api-url", stack.url, "shoal-test/busybox:1", "--",
+                            "/bin/sh", "-c", "echo first; echo oops >&2; sleep 2; echo second")
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None and process.stderr is not None
+        submitted = process.stdout.readline()
+        assert submitted.startswith("Job successfully submitted. Job ID: "), submitted
+        job_id = submitted.split("Job ID: ")[1].split()[0]
+        assert process.stdout.readline() == "first\n"
+        assert stack.job(job_id)["State"]["StateType"] == "Running"  # shown while the task still runs
+        rest, errors = process.communicate(timeout=60)
+    assert process.returncode == 0, errors
+    assert (rest, errors) == ("second\n", "oops\n")
+    assert stack.job(job_id)["State"]["StateType"] == "Completed"
+
+
+def test_run_follow_exits_1_when_the_job_fails(stack: Gateway, tmp_path: Any) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps(wasm_job("spin", timeout=1)))
+    followed = subprocess.run(shoal_command("job", "run", str(spec), "-f", "--api-url", stack.url),
+                              capture_output=True, text=True, timeout=60)
+    assert followed.returncode == 1
+    assert "Error: job failed" in followed.stderr
+
+
 def test_every_format_of_a_finished_job(stack: Gateway) -> None:
     job, execution = stack.run(wasm_job("echo", "hello logs"))
     url = logs_url(stack, job["ID"])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
-from tests.conftest import Cluster, Gateway, Process, wait_for
-from tests.specs import wasm_job
+from tests.conftest import Cluster, Gateway, Process, shoal_command, wait_for
+from tests.specs import PROBE, wasm_job
 
 
 def node_of(agent: Process) -> str:
@@ -45,6 +46,17 @@ def test_constraints_choose_the_node_and_preferences_lean_to_one(cluster: Cluste
     for _ in range(4):  # both nodes could take it; the preference sends it to eu every time
         _, execution = gateway.run(constrained(("favour_zone", "=", ["eu"])))
         assert execution["NodeID"] == eu
+
+    for selector, expected in (("zone=us", us), ("zone in (eu, ap),size<8", eu), ("!gpu,size>8", us)):
+        ran = subprocess.run(shoal_command("wasm", "run", str(PROBE), "--constraints", selector, "--id-only",
+                                           "--api-url", gateway.url, "--", "echo", "x"),
+                             capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        [execution] = gateway.executions(ran.stdout.strip())
+        assert execution["NodeID"] == expected, selector
+    bad = subprocess.run(shoal_command("wasm", "run", str(PROBE), "--constraints", "zone=~eu", "--api-url",
+                                       gateway.url, "--", "echo", "x"), capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--constraints" in bad.stderr and "'zone=~eu'" in bad.stderr
 
 
 def test_no_suitable_node_fails_at_once_naming_each_node(cluster: Cluster) -> None:
