@@ -16,6 +16,7 @@ log = logging.getLogger("shoal.agent.logs")
 
 INTERVAL = 0.25
 MAX_CHUNK = 32 << 10
+MAX_BATCH = 256 << 10  # characters per request: well inside the gateway's body limit, even JSON-escaped
 
 
 class _Tail:
@@ -46,44 +47,50 @@ class LogShipper:
         self._execution_id = execution_id
         self._tails = {stream: _Tail(path) for stream, path in paths.items()}
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._refused = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        """Stop tailing and ship what is left."""
+        """Stop tailing (letting a request in flight finish) and ship what is left."""
+        self._closing.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self._ship(final=True)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(INTERVAL)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), INTERVAL)
             await self._ship(final=False)
 
     async def _ship(self, final: bool) -> None:
-        if self._refused:
-            return
-        chunks = []
-        for stream, tail in self._tails.items():
+        for tail in self._tails.values():
             tail.read(final)
-            while tail.pending:
-                data, tail.pending = tail.pending[:MAX_CHUNK], tail.pending[MAX_CHUNK:]
+        while not self._refused and (chunks := self._batch()):
+            try:
+                await self._gateway.logs(self._execution_id, chunks)
+            except GatewayError as exc:
+                if exc.status in (0,) or exc.status >= 500:
+                    self._requeue(chunks)  # sent again with the next batch; the gateway drops duplicates
+                    return
+                log.warning("logs of %s are no longer accepted: %s", self._execution_id, exc)
+                self._refused = True
+
+    def _batch(self) -> list[dict[str, object]]:
+        """The next request's chunks, at most MAX_BATCH characters, taken from the pending text."""
+        chunks: list[dict[str, object]] = []
+        room = MAX_BATCH
+        for stream, tail in self._tails.items():
+            while tail.pending and room > 0:
+                size = min(MAX_CHUNK, room)
+                data, tail.pending = tail.pending[:size], tail.pending[size:]
                 chunks.append({"Stream": stream, "Offset": tail.offset, "Data": data})
                 tail.offset += len(data)
-        if not chunks:
-            return
-        try:
-            await self._gateway.logs(self._execution_id, chunks)
-        except GatewayError as exc:
-            if exc.status in (0,) or exc.status >= 500:
-                self._requeue(chunks)  # sent again with the next batch; the gateway drops duplicates
-                return
-            log.warning("logs of %s are no longer accepted: %s", self._execution_id, exc)
-            self._refused = True
+                room -= len(data)
+        return chunks
 
     def _requeue(self, chunks: list[dict[str, object]]) -> None:
         for stream, tail in self._tails.items():

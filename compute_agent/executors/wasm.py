@@ -4,6 +4,8 @@ no network, a memory cap, and epoch interruption for timeouts and cancellation."
 from __future__ import annotations
 
 import hashlib
+import os
+import select
 import threading
 import time
 from collections import OrderedDict
@@ -37,13 +39,6 @@ class WasmExecutor:
         config.epoch_interruption = True
         engine = wasmtime.Engine(config)
         module = self._module(engine, _entry_module(task))
-        store = wasmtime.Store(engine)
-        store.set_wasi(self._wasi(task))
-        if task.memory:
-            store.set_limits(memory_size=task.memory)
-        store.set_epoch_deadline(1)
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
         stopped = threading.Event()
         reason: list[str] = []
 
@@ -55,8 +50,16 @@ class WasmExecutor:
                     engine.increment_epoch()
                     return
 
-        threading.Thread(target=watch, daemon=True).start()
+        pipes = [_OutputPipe(path, task.max_output_bytes) for path in (task.stdout_path, task.stderr_path)]
         try:
+            store = wasmtime.Store(engine)
+            store.set_wasi(self._wasi(task, pipes[0].fifo, pipes[1].fifo))
+            if task.memory:
+                store.set_limits(memory_size=task.memory)
+            store.set_epoch_deadline(1)
+            linker = wasmtime.Linker(engine)
+            linker.define_wasi()
+            threading.Thread(target=watch, daemon=True).start()
             instance = linker.instantiate(store, module)
             entry = instance.exports(store).get(task.params.get("Entrypoint") or "_start")
             if not isinstance(entry, wasmtime.Func):
@@ -73,6 +76,8 @@ class WasmExecutor:
             raise ExecutorError(f"the WASM module trapped: {exc}") from exc
         finally:
             stopped.set()
+            for pipe in pipes:
+                pipe.close()
 
     def _module(self, engine: wasmtime.Engine, path: Path) -> wasmtime.Module:
         """Compile once per digest; later runs load the compiled code."""
@@ -95,16 +100,58 @@ class WasmExecutor:
         return module
 
     @staticmethod
-    def _wasi(task: TaskRun) -> wasmtime.WasiConfig:
+    def _wasi(task: TaskRun, stdout: Path, stderr: Path) -> wasmtime.WasiConfig:
         wasi = wasmtime.WasiConfig()
         entry = str(task.params.get("EntryModule", "main.wasm"))
         wasi.argv = [PurePosixPath(entry).name, *task.params.get("Parameters", [])]
         wasi.env = sorted(task.env.items())
-        wasi.stdout_file = str(task.stdout_path)
-        wasi.stderr_file = str(task.stderr_path)
+        wasi.stdout_file = str(stdout)
+        wasi.stderr_file = str(stderr)
         for host, guest, writable in _preopens(task):
             wasi.preopen_dir(str(host), guest, writable)
         return wasi
+
+
+class _OutputPipe:
+    """A FIFO that stands in for one output stream of the module: a thread copies what the module writes to
+    `path` as it comes (the agent's log shipper tails it), keeping at most `cap` bytes, as Docker tasks do.
+    A write returns once its bytes are in the pipe, so when the module has returned, `close()` drains the rest."""
+
+    def __init__(self, path: Path, cap: int) -> None:
+        self.path, self.cap = path, cap
+        self.fifo = path.with_name(f".{path.name}.fifo")
+        os.mkfifo(self.fifo, 0o600)
+        self._fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that wasmtime's open for writing returns
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        written = 0
+        with open(self.path, "wb") as out:
+            while True:
+                stopping = self._stop.is_set()
+                try:
+                    data = os.read(self._fd, 1 << 16)
+                except BlockingIOError:
+                    data = None
+                if data:
+                    if written < self.cap:
+                        out.write(data[: self.cap - written])
+                        out.flush()
+                    written += len(data)
+                elif stopping:
+                    return
+                elif data is None:
+                    select.select([self._fd], [], [], 0.05)
+                else:  # no writer yet, or it has closed
+                    self._stop.wait(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self._fd)
+        self.fifo.unlink(missing_ok=True)
 
 
 def _entry_module(task: TaskRun) -> Path:
