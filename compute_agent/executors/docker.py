@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import docker
 from docker.errors import DockerException, ImageNotFound
+from docker.types import LogConfig
 from docker.types import Mount as DockerMount
 from requests.exceptions import RequestException
 
@@ -65,16 +65,13 @@ class DockerExecutor:
         except DockerException as exc:
             raise ExecutorError(f"docker could not create the container: {exc}") from exc
         try:
+            # attached before it starts, the output comes byte for byte, not through the engine's log driver
+            frames = container.attach(stdout=True, stderr=True, stream=True, demux=True, logs=False)
+            copying = threading.Thread(target=_copy_output, args=(frames, task), daemon=True)
+            copying.start()
             container.start()
-            streams = [
-                threading.Thread(target=_copy_logs, args=(container, kind, path, task.max_output_bytes), daemon=True)
-                for kind, path in (("stdout", task.stdout_path), ("stderr", task.stderr_path))
-            ]
-            for stream in streams:
-                stream.start()
             status = self._wait(container, task, cancel)
-            for stream in streams:
-                stream.join(timeout=30)
+            copying.join(timeout=30)
             container.reload()
             if container.attrs.get("State", {}).get("OOMKilled"):
                 raise ExecutorError("memory limit exceeded: the task was killed for using too much memory")
@@ -117,6 +114,7 @@ class DockerExecutor:
             "cap_drop": ["ALL"],
             "pids_limit": task.pids_limit,
             "privileged": False,
+            "log_config": LogConfig(type="none"),  # output is read from the attach stream, not kept twice
             "detach": True,
         }
         if task.memory:
@@ -137,22 +135,30 @@ class DockerExecutor:
                 if "timed out" not in str(exc):
                     raise ExecutorError(f"lost the Docker engine while the task ran: {exc}") from exc
             if cancel.is_set():
-                container.kill()
+                _kill(container)
                 raise ExecutorError("the execution was cancelled")
             if deadline is not None and time.monotonic() > deadline:
-                container.kill()
+                _kill(container)
                 raise TimeoutExpired(f"Execution timed out after {task.timeout:g}s")
 
 
-def _copy_logs(container: Any, kind: str, path: Path, cap: int) -> None:
-    """Stream one of the container's output streams into `path`, keeping at most `cap` bytes."""
-    written = 0
-    with open(path, "wb") as handle:
+def _kill(container: Any) -> None:
+    with contextlib.suppress(DockerException):  # it may have just exited by itself
+        container.kill()
+
+
+def _copy_output(frames: Any, task: TaskRun) -> None:
+    """Write the attached container's stdout and stderr frames to their files, at most `max_output_bytes`
+    of each, flushing as they come (the agent's log shipper tails the files)."""
+    cap = task.max_output_bytes
+    with open(task.stdout_path, "wb") as stdout, open(task.stderr_path, "wb") as stderr:
+        written = {stdout: 0, stderr: 0}
         try:
-            for chunk in container.logs(stdout=kind == "stdout", stderr=kind == "stderr", stream=True, follow=True):
-                if written < cap:
-                    handle.write(chunk[: cap - written])
-                    handle.flush()  # shipped live by the agent's log tail
-                    written += len(chunk)
-        except DockerException:
-            pass
+            for frame in frames:
+                for handle, data in zip((stdout, stderr), frame, strict=True):
+                    if data and written[handle] < cap:
+                        handle.write(data[: cap - written[handle]])
+                        handle.flush()
+                    written[handle] += len(data or b"")
+        except (DockerException, RequestException, OSError):
+            pass  # the container is gone; what arrived is kept
