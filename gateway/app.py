@@ -14,7 +14,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import agent_api, compute_api, housekeeping, jobs_api, logs_api, nodes_api, objects_api, uploads_api
+from gateway import (
+    agent_api,
+    compute_api,
+    housekeeping,
+    jobs_api,
+    logs_api,
+    nodes_api,
+    objects_api,
+    openapi,
+    uploads_api,
+)
 from gateway.db import make_engine
 from gateway.errors import GatewayError
 from gateway.log_store import LogStore
@@ -61,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
             *compute_api.routes,
             *objects_api.routes,
             *uploads_api.routes,
+            *openapi.routes,
             *agent_api.routes,
         ],
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _server_error},
