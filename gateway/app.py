@@ -7,6 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import (
     agent_api,
+    auth_api,
     compute_api,
     housekeeping,
     jobs_api,
@@ -25,14 +27,18 @@ from gateway import (
     openapi,
     uploads_api,
 )
+from gateway.audit import AuditLog
+from gateway.auth import Authenticator, AuthMiddleware, FailureLimiter, is_loopback
+from gateway.auth_config import load_auth_config
 from gateway.db import make_engine
-from gateway.errors import GatewayError
+from gateway.errors import ConfigurationError, GatewayError, error_body
 from gateway.log_store import LogStore
 from gateway.notify import WorkSignal
 from gateway.objectstore import make_object_store
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store import Store
+from gateway.tokens import TokenStore
 
 log = logging.getLogger("shoal.gateway")
 
@@ -40,6 +46,11 @@ log = logging.getLogger("shoal.gateway")
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app for `settings`: database, object store and housekeeping are set up here, once."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    auth_config = load_auth_config(Path(settings.config) if settings.config else None, join_token=settings.join_token)
+    if not auth_config.has_credentials and not is_loopback(settings.host):
+        raise ConfigurationError(
+            f"refusing to serve on {settings.host} with no credentials configured: anyone could run jobs",
+            hint="give users or API keys in a config file (shoal serve --config FILE), or listen on 127.0.0.1")
     engine = make_engine(settings.database)
     svc = Services(
         settings=settings,
@@ -50,6 +61,9 @@ def create_app(settings: Settings) -> Starlette:
         objects=make_object_store(settings),
         work=WorkSignal(),
         new_logs=WorkSignal(),
+        auth=Authenticator(auth_config, TokenStore(engine),
+                           limiter=FailureLimiter(settings.auth_failures_per_minute, 60.0)),
+        audit=AuditLog(engine),
     )
 
     @contextlib.asynccontextmanager
@@ -66,6 +80,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=[
             *jobs_api.routes,
+            *auth_api.routes,
             *logs_api.routes,
             *nodes_api.routes,
             *compute_api.routes,
@@ -78,15 +93,14 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = svc
-    app.add_middleware(RequestID)
+    app.add_middleware(AuthMiddleware)
+    app.add_middleware(RequestID)  # outermost: refusals carry a request ID too
     return app
 
 
 def _error(request: Request, status: int, message: str, code: str, hint: str = "") -> JSONResponse:
     request_id = getattr(request.state, "request_id", "")
-    body = {"Status": status, "Message": message, "Code": code, "RequestID": request_id}
-    if hint:
-        body["Hint"] = hint
+    body = error_body(status, message, code, request_id, hint)
     # a 500 is answered outside the RequestID middleware, so the header is set here too
     return JSONResponse(body, status_code=status, headers={"X-Request-ID": request_id} if request_id else None)
 

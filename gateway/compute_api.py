@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import re
 from typing import Any
 
@@ -17,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.auth import check_join_token
 from gateway.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
 from gateway.models import ExecutionState
 from gateway.services import Services, bearer, calling_node, read_json, services
@@ -52,8 +52,10 @@ def _node_info(body: dict[str, Any]) -> NodeInfo:
 
 async def register(request: Request) -> JSONResponse:
     svc = services(request)
-    expected = svc.settings.join_token
-    if expected and not hmac.compare_digest(bearer(request).encode(), expected.encode()):
+    client = request.client.host if request.client else "?"
+    svc.auth.limiter.check(client)
+    if not await run_in_threadpool(check_join_token, svc.auth, bearer(request)):
+        svc.auth.limiter.fail(client)
         raise Unauthorized("a valid join token is needed to register a node (shoal agent --token)")
     info = _node_info(await read_json(request))
     node, credential = await run_in_threadpool(svc.store.register_node, info)

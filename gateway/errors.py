@@ -7,6 +7,7 @@
      ├── NotFound                404
      ├── Conflict                409 (the object is not in a state that allows this)
      ├── PayloadTooLarge         413
+     ├── TooManyRequests         429 (failed authentication from one client, too often)
      └── ConfigurationError      the gateway cannot start or serve as configured
 """
 
@@ -71,3 +72,18 @@ class ConfigurationError(GatewayError):
     """The gateway cannot start or serve as configured."""
 
     code = "ConfigurationError"
+
+
+class TooManyRequests(GatewayError):
+    """Too many failed attempts from one client; try again later."""
+
+    status = 429
+    code = "TooManyRequests"
+
+
+def error_body(status: int, message: str, code: str, request_id: str, hint: str = "") -> dict[str, object]:
+    """Bacalhau's error shape, with the request's ID."""
+    body: dict[str, object] = {"Status": status, "Message": message, "Code": code, "RequestID": request_id}
+    if hint:
+        body["Hint"] = hint
+    return body

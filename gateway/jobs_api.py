@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import history, wire
-from gateway.errors import BadRequest, NotFound
+from gateway.auth import principal, visible_namespace
+from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.models import ExecutionState, JobRecord
 from gateway.services import query_int, read_body, read_json, services
 from gateway.uploads_api import check_managed_inputs
@@ -31,9 +32,15 @@ async def submit(request: Request) -> JSONResponse:
     body = await read_body(request, svc.settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     job, warnings, force = _parse(body, bare=content_type in _YAML_TYPES)
+    caller = principal(request)
+    if not caller.sees(job.Namespace):
+        if job.Namespace != "default":
+            raise Forbidden(f"'{caller.name}' may not submit jobs to namespace {job.Namespace!r}")
+        job.Namespace = caller.default_namespace
     await run_in_threadpool(check_managed_inputs, svc, job)
     record = await run_in_threadpool(svc.store.submit, job, force=force)
     svc.work.notify()
+    await _audit(request, "job.submit", record, f"version {record.version}")
     return JSONResponse({"JobID": record.id, "JobVersion": record.version, "EvaluationID": "",
                          "Warnings": warnings})
 
@@ -73,7 +80,9 @@ async def diff(request: Request) -> JSONResponse:
 
 async def list_jobs(request: Request) -> JSONResponse:
     svc = services(request)
-    namespace = request.query_params.get("namespace") or "default"
+    caller = principal(request)
+    wanted = request.query_params.get("namespace") or caller.default_namespace
+    namespaces = caller.namespaces if wanted == "*" else [visible_namespace(request, wanted)]
     order_by = request.query_params.get("order_by") or "created_at"
     if order_by not in ("created_at", "create_time", "id"):
         raise BadRequest("order_by: must be created_at or id")
@@ -89,7 +98,7 @@ async def list_jobs(request: Request) -> JSONResponse:
         raise BadRequest(str(exc)) from None
     jobs, next_offset = await run_in_threadpool(
         svc.store.list_jobs,
-        namespace,
+        namespaces,
         limit=limit,
         offset=offset,
         order_by="id" if order_by == "id" else "create_time",
@@ -118,8 +127,13 @@ def _decode_token(token: str) -> tuple[str, bool, int, int]:
 
 
 async def _job(request: Request) -> JobRecord:
-    namespace = request.query_params.get("namespace") or "default"
+    namespace = visible_namespace(request)
     return await run_in_threadpool(services(request).store.find_job, namespace, request.path_params["ref"])
+
+
+async def _audit(request: Request, action: str, job: JobRecord, detail: str = "") -> None:
+    await run_in_threadpool(services(request).audit.record, principal(request).name, action, job.id,
+                            namespace=job.namespace, detail=detail)
 
 
 async def get_job(request: Request) -> JSONResponse:
@@ -160,9 +174,9 @@ async def rerun(request: Request) -> JSONResponse:
     version = body.get("JobVersion") or 0
     if not isinstance(version, int) or version < 0:
         raise BadRequest("JobVersion: must be a version number")
-    namespace = request.query_params.get("namespace") or "default"
-    job = await run_in_threadpool(svc.store.rerun, namespace, request.path_params["ref"], version)
+    job = await run_in_threadpool(svc.store.rerun, visible_namespace(request), request.path_params["ref"], version)
     svc.work.notify()
+    await _audit(request, "job.rerun", job, f"version {job.version}")
     return JSONResponse({"JobID": job.id, "JobVersion": job.version, "EvaluationID": "", "Warnings": []})
 
 
@@ -175,10 +189,11 @@ async def versions(request: Request) -> JSONResponse:
 
 async def stop(request: Request) -> JSONResponse:
     svc = services(request)
-    namespace = request.query_params.get("namespace") or "default"
+    job = await _job(request)
     reason = request.query_params.get("reason", "")[:1024]
-    await run_in_threadpool(svc.store.stop_job, namespace, request.path_params["ref"], reason)
+    await run_in_threadpool(svc.store.stop_job, job.namespace, job.id, reason)
     svc.work.notify()  # waiting polls carry the cancellations to the agents now
+    await _audit(request, "job.stop", job, reason)
     return JSONResponse({"EvaluationID": ""})
 
 

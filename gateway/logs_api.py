@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway.auth import visible_namespace
 from gateway.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge
 from gateway.log_store import STREAMS, Chunk
 from gateway.models import ExecutionRecord, ExecutionState
@@ -59,8 +60,7 @@ async def append(request: Request) -> JSONResponse:
 async def _execution(connection: HTTPConnection) -> ExecutionRecord:
     """The execution named by `execution_id` (or its prefix), else the job's most relevant current one."""
     svc = services(connection)
-    namespace = connection.query_params.get("namespace") or "default"
-    job = await run_in_threadpool(svc.store.find_job, namespace, connection.path_params["ref"])
+    job = await run_in_threadpool(svc.store.find_job, visible_namespace(connection), connection.path_params["ref"])
     executions = await run_in_threadpool(svc.store.executions, job.id)
     wanted = connection.query_params.get("execution_id", "")
     if wanted:

@@ -175,3 +175,48 @@ class LogChunkRecord(SQLModel, table=True):
     offset: int = Field(sa_column=Column(BigInteger, nullable=False))
     data: str = Field(sa_column=Column(Text, nullable=False))
     time: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class TokenRecord(SQLModel, table=True):
+    """A scoped API token for CI/CD; only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "tokens"
+
+    id: str = Field(primary_key=True)
+    name: str
+    secret_sha256: str = Field(index=True, unique=True)
+    prefix: str  # the secret's first characters, to recognise it in lists
+    capabilities: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    namespace: str
+    created_by: str
+    create_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expire_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+    revoke_time: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    last_used: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class JoinTokenRecord(SQLModel, table=True):
+    """An expiring token that lets compute nodes register; only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "join_tokens"
+
+    id: str = Field(primary_key=True)
+    secret_sha256: str = Field(index=True, unique=True)
+    created_by: str
+    create_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expire_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+    nodes_joined: int = 0
+
+
+class AuditRecord(SQLModel, table=True):
+    """Who did what to which object, and when."""
+
+    __tablename__ = "audit"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    time: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    actor: str = Field(index=True)
+    action: str = Field(index=True)
+    target: str
+    namespace: str = ""
+    detail: str = ""

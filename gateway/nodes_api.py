@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import wire
+from gateway.auth import principal
 from gateway.errors import BadRequest
 from gateway.models import NodeMembership
 from gateway.services import read_json, services
@@ -47,6 +48,8 @@ async def update_node(request: Request) -> JSONResponse:
     else:
         raise BadRequest("Action: must be approve, reject or delete")
     svc.work.notify()  # an approved node may now claim; rescheduled work may go elsewhere
+    await run_in_threadpool(svc.audit.record, principal(request).name, f"node.{action}", ref,
+                            detail=str(body.get("Message", ""))[:1024])
     return JSONResponse({"Success": True})
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 
+from gateway.audit import AuditLog
+from gateway.auth import Authenticator
 from gateway.errors import BadRequest, PayloadTooLarge, Unauthorized
 from gateway.log_store import LogStore
 from gateway.models import NodeRecord
@@ -28,6 +30,8 @@ class Services:
     objects: ObjectStore
     work: WorkSignal
     new_logs: WorkSignal
+    auth: Authenticator
+    audit: AuditLog
 
 
 def services(request: HTTPConnection) -> Services:

@@ -20,6 +20,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 1234
     public_url: str = ""
+    config: str = ""  # the config file (users, API keys, OIDC, join token): `serve --config` or SHOAL_CONFIG
     database_url: str = ""
     results_bucket: str = ""
     results_prefix: str = "results"
@@ -41,6 +42,7 @@ class Settings:
     max_result_bytes: int = 10 << 30
     max_upload_bytes: int = 10 << 30
     max_log_bytes: int = 16 << 20
+    auth_failures_per_minute: int = 10
 
     def __post_init__(self) -> None:
         for name in ("upload_expiry", "download_expiry"):
@@ -87,6 +89,7 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "host": str,
     "port": int,
     "public_url": str,
+    "config": str,
     "database_url": str,
     "results_bucket": str,
     "results_prefix": str,
@@ -108,4 +111,5 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "max_result_bytes": int,
     "max_upload_bytes": int,
     "max_log_bytes": int,
+    "auth_failures_per_minute": int,
 }

@@ -276,7 +276,7 @@ class Store:
 
     def list_jobs(
         self,
-        namespace: str,
+        namespaces: Sequence[str] | None,
         *,
         limit: int,
         offset: int,
@@ -285,12 +285,12 @@ class Store:
         state: str | None = None,
         labels: Sequence[dict[str, Any]] = (),
     ) -> tuple[list[JobRecord], int | None]:
-        """One page of jobs, newest first unless `reverse`, whose labels meet every requirement in `labels`;
-        returns the page and the offset to continue from (None on the last page)."""
+        """One page of the jobs of `namespaces` (None: all), newest first unless `reverse`, whose labels meet
+        every requirement in `labels`; returns the page and the offset to continue from (None on the last page)."""
         column = col(JobRecord.id) if order_by == "id" else col(JobRecord.create_time)
         query = select(JobRecord)
-        if namespace != "*":
-            query = query.where(col(JobRecord.namespace) == namespace)
+        if namespaces is not None:
+            query = query.where(col(JobRecord.namespace).in_(list(namespaces)))
         if state:
             query = query.where(func.lower(JobRecord.state) == state.lower())
         query = query.order_by(column.asc() if reverse else column.desc(), col(JobRecord.id))

@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.auth import principal
+from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 from gateway.services import Services, read_json, services
 from shoal.spec import Job, SourceType
 
@@ -30,11 +31,13 @@ async def create(request: Request) -> JSONResponse:
     svc = services(request)
     body = await read_json(request)
     name, size, sha256 = body.get("Name"), body.get("Size"), str(body.get("SHA256", "")).lower()
-    namespace = body.get("Namespace") or "default"
+    namespace = body.get("Namespace") or principal(request).default_namespace
     if not isinstance(name, str) or not _NAME.match(name):
         raise BadRequest("Name: must be a file name of letters, digits, '.', '_' or '-' (at most 128)")
     if not isinstance(namespace, str) or not _NAME.match(namespace):
         raise BadRequest("Namespace: must be letters, digits, '.', '_' or '-'")
+    if not principal(request).sees(namespace):
+        raise NotFound(f"namespace not found: {namespace}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise BadRequest("Size: must be a whole number of bytes")
     if size > svc.settings.max_upload_bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -24,6 +25,22 @@ def _chunks(handle: BinaryIO) -> Iterator[bytes]:
     yield from iter(lambda: handle.read(1 << 20), b"")
 
 
+def authorization_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The Authorization header for SHOAL_API_KEY, or SHOAL_API_USERNAME and SHOAL_API_PASSWORD (or the
+    BACALHAU_ names); empty without credentials."""
+    env = os.environ if env is None else env
+
+    def read(name: str) -> str:
+        return env.get(f"SHOAL_{name}") or env.get(f"BACALHAU_{name}") or ""
+
+    if read("API_KEY"):
+        return f"Bearer {read('API_KEY')}"
+    if read("API_USERNAME"):
+        pair = f"{read('API_USERNAME')}:{read('API_PASSWORD')}".encode()
+        return f"Basic {base64.b64encode(pair).decode()}"
+    return ""
+
+
 def api_url_from_env(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return env.get("SHOAL_API_URL") or DEFAULT_API_URL
@@ -32,9 +49,12 @@ def api_url_from_env(env: Mapping[str, str] | None = None) -> str:
 class Client:
     """A blocking client; `api_url` is the gateway's base URL, e.g. `http://127.0.0.1:1234`."""
 
-    def __init__(self, api_url: str = DEFAULT_API_URL, *, timeout: float = 30.0) -> None:
+    def __init__(self, api_url: str = DEFAULT_API_URL, *, timeout: float = 30.0,
+                 authorization: str | None = None) -> None:
         self.api_url = api_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.api_url, timeout=timeout)
+        authorization = authorization_from_env() if authorization is None else authorization
+        headers = {"Authorization": authorization} if authorization else {}
+        self._http = httpx.Client(base_url=self.api_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -159,6 +179,31 @@ class Client:
             raise APIError(response.status_code, f"uploading {path} failed: {response.text[:500]}")
         source: dict[str, Any] = target["Source"]
         return source
+
+    # -- credentials and audit ------------------------------------------------------------------------
+
+    def create_token(self, *, name: str, capabilities: list[str], namespace: str, expires_in: int) -> dict[str, Any]:
+        body = {"Name": name, "Capabilities": capabilities, "Namespace": namespace, "ExpiresIn": expires_in}
+        result: dict[str, Any] = self.request("POST", "/api/v1/auth/tokens", json={k: v for k, v in body.items() if v})
+        return result
+
+    def tokens(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.request("GET", "/api/v1/auth/tokens")["Items"]
+        return items
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/api/v1/auth/tokens/{token_id}")["Token"]
+        return result
+
+    def create_join_token(self, *, expires_in: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/api/v1/orchestrator/nodes/join-tokens",
+                                              json={"ExpiresIn": expires_in})
+        return result
+
+    def audit(self, *, actor: str = "", action: str = "", limit: int = 100, next_token: str = "") -> dict[str, Any]:
+        params = {"actor": actor, "action": action, "limit": limit, "next_token": next_token}
+        result: dict[str, Any] = self.request("GET", "/api/v1/audit", params={k: v for k, v in params.items() if v})
+        return result
 
     # -- nodes ------------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from shoal import __version__
-from shoal.cli import jobs, logs, nodes, processes, submit
+from shoal.cli import auth, jobs, logs, nodes, processes, submit
 from shoal.errors import ShoalError
 
 
@@ -25,6 +25,9 @@ cli.add_command(submit.wasm)
 jobs.job.add_command(logs.logs)
 cli.add_command(jobs.job)
 cli.add_command(nodes.node)
+cli.add_command(auth.auth)
+cli.add_command(auth.token)
+cli.add_command(auth.audit)
 
 
 def main() -> None:

@@ -62,3 +62,22 @@ def _action(name: str, done: str) -> click.Command:
 
 for _name, _done in (("approve", "approved"), ("reject", "rejected"), ("delete", "deleted")):
     node.add_command(_action(_name, _done))
+
+
+@node.group("join-token")
+def join_token() -> None:
+    """Expiring tokens that let new compute nodes register (shoal agent --token)."""
+
+
+@join_token.command("create")
+@click.option("--expires-in", default="1h", show_default=True, help="Lifetime: 30m, 1h, 7d…")
+@api_options
+def create_join_token(expires_in: str, api_url: str) -> None:
+    """Create a join token; its secret is printed once, as the last line."""
+    from shoal.cli.auth import duration
+
+    with Client(api_url) as api:
+        made = api.create_join_token(expires_in=duration(expires_in))
+    click.echo(f"Join token {made['ID']} expires {when(made['ExpireTime'])} UTC; "
+               "agents join with: shoal agent --gateway URL --token SECRET", err=True)
+    click.echo(made["Secret"])

@@ -62,13 +62,15 @@ def _uvicorn_server(settings: Any) -> Any:
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default 1234).")
 @click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Database and objects (~/.shoal).")
+@click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Users, API keys, OIDC and the agents' JoinToken (YAML; also SHOAL_CONFIG).")
 @click.option("-v", "--verbose", is_flag=True)
-def serve(host: str | None, port: int | None, data_dir: Path | None, verbose: bool) -> None:
+def serve(host: str | None, port: int | None, data_dir: Path | None, config_file: str | None, verbose: bool) -> None:
     """Run the gateway."""
     from gateway import Settings
 
     _logging(verbose)
-    settings = Settings.from_env(host=host, port=port, data_dir=data_dir)
+    settings = Settings.from_env(host=host, port=port, data_dir=data_dir, config=config_file)
 
     async def main() -> None:
         server = _uvicorn_server(settings)

@@ -416,24 +416,24 @@ def test_list_jobs_pages_newest_first(store: Store) -> None:
     seen: list[str] = []
     offset: int | None = 0
     while offset is not None:
-        page, offset = store.list_jobs("default", limit=2, offset=offset)
+        page, offset = store.list_jobs(["default"], limit=2, offset=offset)
         seen += [job.id for job in page]
         assert len(page) == 2 or offset is None
     assert seen == ids[::-1]
-    oldest_first, more = store.list_jobs("default", limit=10, offset=0, reverse=True)
+    oldest_first, more = store.list_jobs(["default"], limit=10, offset=0, reverse=True)
     assert ([job.id for job in oldest_first], more) == (ids, None)
-    by_id_order, _ = store.list_jobs("default", limit=10, offset=0, order_by="id", reverse=True)
+    by_id_order, _ = store.list_jobs(["default"], limit=10, offset=0, order_by="id", reverse=True)
     assert [job.id for job in by_id_order] == sorted(ids)
-    everywhere, _ = store.list_jobs("*", limit=10, offset=0)
+    everywhere, _ = store.list_jobs(None, limit=10, offset=0)
     assert len(everywhere) == 6
 
 
 def test_list_jobs_filters_by_state(store: Store) -> None:
     pending = store.submit(wasm())
     completed = store.submit(wasm(count=0))
-    assert [j.id for j in store.list_jobs("default", limit=10, offset=0, state="completed")[0]] == [completed.id]
-    assert [j.id for j in store.list_jobs("default", limit=10, offset=0, state="Queued")[0]] == [pending.id]
-    assert store.list_jobs("default", limit=10, offset=0, state="Failed")[0] == []
+    assert [j.id for j in store.list_jobs(["default"], limit=10, offset=0, state="completed")[0]] == [completed.id]
+    assert [j.id for j in store.list_jobs(["default"], limit=10, offset=0, state="Queued")[0]] == [pending.id]
+    assert store.list_jobs(["default"], limit=10, offset=0, state="Failed")[0] == []
 
 
 def test_list_jobs_filters_by_labels(store: Store) -> None:
@@ -446,11 +446,11 @@ def test_list_jobs_filters_by_labels(store: Store) -> None:
     for _ in range(60):  # unlabelled jobs between them: the filter must look past a whole batch
         labelled()
     team_a = parse_selector("team=a")
-    assert [j.id for j in store.list_jobs("default", limit=10, offset=0, labels=team_a)[0]] == [c, a]
-    page, following = store.list_jobs("default", limit=1, offset=0, labels=team_a)
+    assert [j.id for j in store.list_jobs(["default"], limit=10, offset=0, labels=team_a)[0]] == [c, a]
+    page, following = store.list_jobs(["default"], limit=1, offset=0, labels=team_a)
     assert [j.id for j in page] == [c] and following is not None
-    assert [j.id for j in store.list_jobs("default", limit=1, offset=following, labels=team_a)[0]] == [a]
+    assert [j.id for j in store.list_jobs(["default"], limit=1, offset=following, labels=team_a)[0]] == [a]
     dev_not_b = parse_selector("env in (dev,qa),team!=b")
-    assert [j.id for j in store.list_jobs("default", limit=10, offset=0, labels=dev_not_b)[0]] == [a]
-    assert [j.id for j in store.list_jobs("default", limit=10, offset=0, labels=parse_selector("!team"))[0]] != []
-    assert b not in [j.id for j in store.list_jobs("default", limit=100, offset=0, labels=team_a)[0]]
+    assert [j.id for j in store.list_jobs(["default"], limit=10, offset=0, labels=dev_not_b)[0]] == [a]
+    assert [j.id for j in store.list_jobs(["default"], limit=10, offset=0, labels=parse_selector("!team"))[0]] != []
+    assert b not in [j.id for j in store.list_jobs(["default"], limit=100, offset=0, labels=team_a)[0]]
