@@ -18,6 +18,7 @@ from gateway import history, wire
 from gateway.auth import principal, visible_namespace
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.models import ExecutionState, JobRecord
+from gateway.redaction import redact_spec
 from gateway.services import query_int, read_body, read_json, services
 from gateway.uploads_api import check_managed_inputs
 from shoal.errors import SpecError
@@ -32,17 +33,22 @@ async def submit(request: Request) -> JSONResponse:
     body = await read_body(request, svc.settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     job, warnings, force = _parse(body, bare=content_type in _YAML_TYPES)
-    caller = principal(request)
-    if not caller.sees(job.Namespace):
-        if job.Namespace != "default":
-            raise Forbidden(f"'{caller.name}' may not submit jobs to namespace {job.Namespace!r}")
-        job.Namespace = caller.default_namespace
+    _place_in_namespace(request, job)
     await run_in_threadpool(check_managed_inputs, svc, job)
     record = await run_in_threadpool(svc.store.submit, job, force=force)
     svc.work.notify()
     await _audit(request, "job.submit", record, f"version {record.version}")
     return JSONResponse({"JobID": record.id, "JobVersion": record.version, "EvaluationID": "",
                          "Warnings": warnings})
+
+
+def _place_in_namespace(request: Request, job: Job) -> None:
+    """A spec without a namespace the caller may use goes to the caller's own; naming another is refused."""
+    caller = principal(request)
+    if not caller.sees(job.Namespace):
+        if job.Namespace != "default":
+            raise Forbidden(f"'{caller.name}' may not submit jobs to namespace {job.Namespace!r}")
+        job.Namespace = caller.default_namespace
 
 
 def _parse(body: bytes, *, bare: bool) -> tuple[Job, list[str], bool]:
@@ -69,11 +75,13 @@ async def diff(request: Request) -> JSONResponse:
     body = await read_body(request, svc.settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     job, warnings, _ = _parse(body, bare=content_type in _YAML_TYPES)
+    _place_in_namespace(request, job)
     before: dict[str, Any] = {}
     if job.Name:
         with contextlib.suppress(NotFound):
             before = (await run_in_threadpool(svc.store.find_job, job.Namespace, job.Name)).spec
-    old, new = (yaml.safe_dump(spec, sort_keys=False).splitlines(keepends=True) for spec in (before, job.wire()))
+    old, new = (yaml.safe_dump(redact_spec(spec), sort_keys=False).splitlines(keepends=True)
+                for spec in (before, job.wire()))
     text = "".join(difflib.unified_diff(old, new, "current" if before else "/dev/null", "submitted"))
     return JSONResponse({"Diff": text, "Warnings": warnings})
 
@@ -145,7 +153,7 @@ async def get_job(request: Request) -> JSONResponse:
         versions = {v.version: v for v in await run_in_threadpool(services(request).store.versions, job.id)}
         if wanted not in versions:
             raise NotFound(f"job {job.id} has no version {wanted}")
-        body["Job"] |= versions[wanted].spec | {"Version": wanted}
+        body["Job"] |= redact_spec(versions[wanted].spec) | {"Version": wanted}
     if "history" in include:
         events = await run_in_threadpool(services(request).store.history, job.id, limit=1000)
         body["History"] = {"Items": [history.wire(e) for e in events], "NextToken": ""}
@@ -183,7 +191,7 @@ async def rerun(request: Request) -> JSONResponse:
 async def versions(request: Request) -> JSONResponse:
     job = await _job(request)
     found = await run_in_threadpool(services(request).store.versions, job.id)
-    items = [wire.job(job) | v.spec | {"Version": v.version, "CreateTime": v.create_time} for v in found]
+    items = [wire.job(job) | redact_spec(v.spec) | {"Version": v.version, "CreateTime": v.create_time} for v in found]
     return JSONResponse({"Items": items, "NextToken": ""})
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.models import ExecutionRecord, JobRecord, NodeRecord
+from gateway.redaction import redact_spec
 
 
 def job(record: JobRecord) -> dict[str, Any]:
-    return record.spec | {
+    return redact_spec(record.spec) | {
         "ID": record.id,
         "Name": record.name,
         "Namespace": record.namespace,

@@ -401,3 +401,88 @@ def test_the_cli_reads_credentials_from_the_environment(secured: Gateway) -> Non
                             capture_output=True, text=True, timeout=60)
     assert hashed.returncode == 0, hashed.stderr
     assert bcrypt.checkpw(b"a-long-password", hashed.stdout.strip().splitlines()[-1].encode())
+
+
+def test_secrets_in_a_spec_reach_the_task_but_are_not_echoed(secured: Gateway) -> None:
+    job = wasm_job("env", env={"API_TOKEN": "s3cr3t-value", "GREETING": "hello"})
+    job["Tasks"][0]["InputSources"].append({"Target": "/inputs", "Source": {"Type": "urlDownload", "Params": {
+        "URL": "http://bob:hunter2@127.0.0.1:9/data.txt?X-Amz-Signature=abc123&part=1"}}})
+    job_id = submit(secured, ADMIN, job)
+    shown = call(secured, "GET", f"/api/v1/orchestrator/jobs/{job_id}", ADMIN).text
+    versions = call(secured, "GET", f"/api/v1/orchestrator/jobs/{job_id}/versions", ADMIN).text
+    listed = call(secured, "GET", "/api/v1/orchestrator/jobs", ADMIN).text
+    for text in (shown, versions, listed):
+        assert "s3cr3t-value" not in text and "hunter2" not in text and "abc123" not in text
+    described = json.loads(shown)["Job"]["Tasks"][0]
+    assert described["Env"] == {"API_TOKEN": "<redacted>", "GREETING": "hello"}
+    assert described["InputSources"][1]["Source"]["Params"]["URL"] == (
+        "http://bob:<redacted>@127.0.0.1:9/data.txt?X-Amz-Signature=<redacted>&part=1")
+
+    job = wasm_job("env", env={"API_TOKEN": "s3cr3t-value"})
+    job_id = submit(secured, ADMIN, job)
+
+    def output() -> str | None:
+        [execution] = call(secured, "GET", f"/api/v1/orchestrator/jobs/{job_id}/executions", ADMIN).json()["Items"]
+        return execution["RunOutput"]["Stdout"] if execution["RunOutput"] else None
+
+    assert "API_TOKEN=s3cr3t-value" in wait_for(output, timeout=60, what="the job to run")  # as submitted
+
+
+# -- OIDC ------------------------------------------------------------------------------------------------
+
+
+def test_jwts_from_the_identity_provider_carry_capabilities_and_namespaces(cluster: Cluster, tmp_path: Path) -> None:
+    import http.server
+    import threading
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())) | {"kid": "k1", "alg": "RS256",
+                                                                               "use": "sig"}
+    body = json.dumps({"keys": [jwk]}).encode()
+
+    class JWKS(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JWKS)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    issuer = "https://id.example.com/"
+    config = tmp_path / "oidc.yaml"
+    config.write_text(yaml.safe_dump({"Auth": {"OIDC": {
+        "Issuer": issuer, "Audience": "shoal", "JWKSUri": f"http://127.0.0.1:{server.server_address[1]}/jwks"}}}))
+    try:
+        gateway = cluster.gateway(config=str(config))
+
+        def token(**claims: Any) -> dict[str, str]:
+            now = int(time.time())
+            payload = {"iss": issuer, "aud": "shoal", "sub": "carol", "iat": now, "exp": now + 300,
+                       "permissions": ["read:job", "write:job"], "namespaces": ["team-c"]} | claims
+            payload = {name: value for name, value in payload.items() if value is not None}
+            return bearer(jwt.encode(payload, key, algorithm="RS256", headers={"kid": "k1"}))
+
+        job_id = submit(gateway, token())
+        assert call(gateway, "GET", f"/api/v1/orchestrator/jobs/{job_id}", token()).json()["Job"]["Namespace"] == \
+            "team-c"
+        assert call(gateway, "GET", f"/api/v1/orchestrator/jobs/{job_id}", token(namespaces=["team-d"])
+                    ).status_code == 404
+        assert call(gateway, "GET", "/api/v1/orchestrator/nodes", token()).status_code == 403
+        assert call(gateway, "GET", "/api/v1/orchestrator/jobs", token(exp=int(time.time()) - 120)).status_code == 401
+        assert call(gateway, "GET", "/api/v1/orchestrator/jobs", token(aud="other")).status_code == 401
+        forged = jwt.encode({"iss": issuer, "aud": "shoal", "sub": "x", "exp": int(time.time()) + 60,
+                             "permissions": ["*"]}, "a-guessed-shared-secret-of-32-bytes!", algorithm="HS256",
+                            headers={"kid": "k1"})
+        assert call(gateway, "GET", "/api/v1/orchestrator/jobs", bearer(forged)).status_code == 401
+        entries = call(gateway, "GET", "/api/v1/audit", token(permissions=["*"], namespaces=None)).json()["Items"]
+        assert ("jwt:carol", "job.submit", job_id) in {(e["Actor"], e["Action"], e["Target"]) for e in entries}
+    finally:
+        server.shutdown()
