@@ -51,3 +51,5 @@ def test_the_quick_start_works_verbatim(tmp_path: Path, docker_engine: Any) -> N
     assert "400000 /data/big.bin" in ran.stdout and "sent with curl" in ran.stdout
     assert "word-count" in ran.stdout and re.search(r"\b2\s+9\s+44 words\.txt", ran.stdout)
     assert "hello from flags" in ran.stdout and "hi from the-environment" in ran.stdout
+    assert "hello from ci" in ran.stdout and "refused: the token has no read:node" in ran.stdout
+    assert "required capability 'read:node'" in ran.stderr
