@@ -39,6 +39,9 @@ def _node_info(body: dict[str, Any]) -> NodeInfo:
     capacity = body.get("Capacity") or {}
     if not isinstance(capacity, dict):
         raise BadRequest("Capacity: must be a mapping")
+    for key, value in capacity.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2**62:
+            raise BadRequest(f"Capacity.{key}: must be a number between 0 and 2^62")
     return NodeInfo(
         name=str(body.get("Name") or ""),
         labels=labels,
@@ -92,11 +95,12 @@ async def poll(request: Request) -> Response:
     running = body.get("Running") or []
     if not isinstance(running, list) or not all(isinstance(r, str) for r in running):
         raise BadRequest("Running: must be a list of execution IDs")
-    try:
-        free = max(0, int(body.get("FreeSlots", 0)))
-        wait = min(max(0.0, float(body.get("Wait", svc.settings.poll_seconds))), svc.settings.poll_seconds)
-    except (TypeError, ValueError):
-        raise BadRequest("FreeSlots and Wait: must be numbers") from None
+    free, wait = body.get("FreeSlots", 0), body.get("Wait", svc.settings.poll_seconds)
+    if isinstance(free, bool) or not isinstance(free, int) or not 0 <= free <= 10_000:
+        raise BadRequest("FreeSlots: must be a whole number between 0 and 10000")
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < float("inf"):
+        raise BadRequest("Wait: must be a number of seconds")
+    wait = min(float(wait), svc.settings.poll_seconds)
     info = _node_info(body) if "Engines" in body else None
     node = await run_in_threadpool(svc.store.heartbeat, node.id, info, running, free)
     loop = asyncio.get_running_loop()
@@ -171,8 +175,8 @@ async def complete(request: Request) -> JSONResponse:
 
 def _outcome(body: dict[str, Any]) -> RunOutcome:
     exit_code = body.get("ExitCode")
-    if not isinstance(exit_code, int):
-        raise BadRequest("ExitCode: must be a whole number")
+    if isinstance(exit_code, bool) or not isinstance(exit_code, int) or not -2**31 <= exit_code < 2**31:
+        raise BadRequest("ExitCode: must be a whole number (a 32-bit exit status)")
     return RunOutcome(
         exit_code=exit_code,
         stdout=str(body.get("Stdout", "")),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import difflib
 from typing import Any
 
@@ -78,8 +77,8 @@ async def diff(request: Request) -> JSONResponse:
     _place_in_namespace(request, job)
     before: dict[str, Any] = {}
     if job.Name:
-        with contextlib.suppress(NotFound):
-            before = (await run_in_threadpool(svc.store.find_job, job.Namespace, job.Name)).spec
+        named = await run_in_threadpool(svc.store.named_job, job.Namespace, job.Name)
+        before = named.spec if named is not None else {}
     old, new = (yaml.safe_dump(redact_spec(spec), sort_keys=False).splitlines(keepends=True)
                 for spec in (before, job.wire()))
     text = "".join(difflib.unified_diff(old, new, "current" if before else "/dev/null", "submitted"))
@@ -180,7 +179,7 @@ async def rerun(request: Request) -> JSONResponse:
     svc = services(request)
     body = await read_json(request)
     version = body.get("JobVersion") or 0
-    if not isinstance(version, int) or version < 0:
+    if not isinstance(version, int) or not 0 <= version < 2**31:
         raise BadRequest("JobVersion: must be a version number")
     job = await run_in_threadpool(svc.store.rerun, visible_namespace(request), request.path_params["ref"], version)
     svc.work.notify()
@@ -213,7 +212,7 @@ async def job_history(request: Request) -> JSONResponse:
         raise BadRequest("event_type: must be all, job or execution")
     limit = query_int(request, "limit", 100, minimum=1, maximum=1000)
     after = query_int(request, "next_token", 0, maximum=2**62)
-    since = query_int(request, "since", 0, maximum=2**40)
+    since = query_int(request, "since", 0, maximum=2**33)  # seconds; as nanoseconds it fits 64 bits
     events = await run_in_threadpool(
         services(request).store.history, job.id, after=after, limit=limit + 1, level=level,
         execution_id=request.query_params.get("execution_id", ""), since_ns=since * 1_000_000_000,

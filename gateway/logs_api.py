@@ -43,8 +43,8 @@ async def append(request: Request) -> JSONResponse:
         if not isinstance(raw, dict) or raw.get("Stream") not in STREAMS:
             raise BadRequest(f"{where}.Stream: must be stdout or stderr")
         offset, data = raw.get("Offset"), raw.get("Data")
-        if not isinstance(offset, int) or offset < 0:
-            raise BadRequest(f"{where}.Offset: must be a whole number")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**53:
+            raise BadRequest(f"{where}.Offset: must be a whole number below 2^53")
         if not isinstance(data, str) or len(data) > MAX_CHUNK_CHARS:
             raise BadRequest(f"{where}.Data: must be text of at most {MAX_CHUNK_CHARS} characters")
         chunks.append(Chunk(raw["Stream"], offset, data))

@@ -256,6 +256,12 @@ class Store:
             modify_time=now,
         )
 
+    def named_job(self, namespace: str, name: str) -> JobRecord | None:
+        """The job with exactly this Name in the namespace, if any (what a submission with that Name updates)."""
+        with self._read() as session:
+            return session.exec(select(JobRecord).where(col(JobRecord.namespace) == namespace,
+                                                        col(JobRecord.name) == name)).first()
+
     def find_job(self, namespace: str, ref: str) -> JobRecord:
         """A job by ID, unique ID prefix, or Name within the namespace."""
         with self._read() as session:

@@ -63,7 +63,10 @@ def check_managed_inputs(svc: Services, job: Job) -> None:
         key = source.Source.Params["Key"]
         if not key.startswith(f"{UPLOADS_PREFIX}/{job.Namespace}/"):
             raise BadRequest(f"{field}: {key} is not an upload of namespace {job.Namespace!r}")
-        info = svc.objects.stat(key)
+        try:
+            info = svc.objects.stat(key)
+        except NotFound:  # a key the store would never have made
+            info = None
         if info is None:
             raise BadRequest(f"{field}: nothing has been uploaded to {key} (PUT the file to the upload URL first)")
         source.Source.Params |= {"Size": info.size, "SHA256": info.sha256 or ""}
