@@ -19,7 +19,7 @@ from starlette.routing import Route
 from gateway.auth import check_join_token
 from gateway.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
 from gateway.models import ExecutionState
-from gateway.services import Services, bearer, calling_node, read_json, services
+from gateway.services import Services, bearer, calling_node, read_json, services, storable
 from gateway.store import Claimed, NodeInfo, RunOutcome
 from gateway.uploads_api import with_input_urls
 
@@ -179,8 +179,8 @@ def _outcome(body: dict[str, Any]) -> RunOutcome:
         raise BadRequest("ExitCode: must be a whole number (a 32-bit exit status)")
     return RunOutcome(
         exit_code=exit_code,
-        stdout=str(body.get("Stdout", "")),
-        stderr=str(body.get("Stderr", "")),
+        stdout=storable(str(body.get("Stdout", ""))),
+        stderr=storable(str(body.get("Stderr", ""))),
         stdout_truncated=bool(body.get("StdoutTruncated")),
         stderr_truncated=bool(body.get("StderrTruncated")),
     )
@@ -203,7 +203,7 @@ async def fail(request: Request) -> JSONResponse:
     svc = services(request)
     node = await calling_node(request)
     body = await read_json(request)
-    message = str(body.get("Message") or "the agent reported a failure")
+    message = storable(str(body.get("Message") or "the agent reported a failure"))[:4096]
     rescheduled = await run_in_threadpool(svc.store.fail, node.id, request.path_params["id"], message)
     svc.work.notify()
     return JSONResponse({"Rescheduled": rescheduled})

@@ -24,7 +24,7 @@ from gateway.auth import visible_namespace
 from gateway.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge
 from gateway.log_store import STREAMS, Chunk
 from gateway.models import ExecutionRecord, ExecutionState
-from gateway.services import Services, calling_node, query_int, read_json, services
+from gateway.services import Services, calling_node, query_int, read_json, services, storable
 
 MAX_CHUNK_CHARS = 64 << 10
 LINE_TYPES = {"stdout": 1, "stderr": 2}
@@ -47,7 +47,7 @@ async def append(request: Request) -> JSONResponse:
             raise BadRequest(f"{where}.Offset: must be a whole number below 2^53")
         if not isinstance(data, str) or len(data) > MAX_CHUNK_CHARS:
             raise BadRequest(f"{where}.Data: must be text of at most {MAX_CHUNK_CHARS} characters")
-        chunks.append(Chunk(raw["Stream"], offset, data))
+        chunks.append(Chunk(raw["Stream"], offset, storable(data)))
     kept, capped = await run_in_threadpool(svc.logs.append, node.id, request.path_params["id"], chunks)
     if kept:
         svc.new_logs.notify()
