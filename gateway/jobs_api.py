@@ -20,9 +20,10 @@ from gateway.models import ExecutionState, JobRecord
 from gateway.redaction import redact_spec
 from gateway.services import query_int, read_body, read_json, services
 from gateway.uploads_api import check_managed_inputs
+from shoal.documents import load_document
 from shoal.errors import SpecError
 from shoal.selector import parse_selector
-from shoal.spec import Job, load_document, parse_job
+from shoal.spec import Job, parse_job
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 

@@ -6,15 +6,14 @@ Every problem is a `SpecError` naming the field, e.g. `Tasks[0].Engine.Params.Im
 
 from __future__ import annotations
 
-import json
 import re
 from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from shoal.documents import check_document
 from shoal.errors import SpecError
 from shoal.resources import parse_bytes, parse_cpu
 
@@ -55,9 +54,10 @@ class PartitionType(StrEnum):
 NODE_BOUND_TYPES = (JobType.OPS, JobType.DAEMON)  # one execution per matching node, no Count
 RESERVED_ENV_PREFIXES = ("SHOAL_", "BACALHAU_")
 MAX_INLINE_BYTES = 1 << 20
-MANAGED_KEY = r"^uploads/[A-Za-z0-9_.-]+/[0-9a-f]{32}/[A-Za-z0-9_.-]+$"  # uploads/<namespace>/<id>/<name>
+MANAGED_KEY = r"^uploads/[A-Za-z0-9_.-]+/[0-9a-f]{32}/[A-Za-z0-9_.-]+\Z"  # uploads/<namespace>/<id>/<name>
 MAX_COUNT = 10_000
-_ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
+MAX_TIMEOUT = 2**31 - 1  # seconds: some 68 years
+_ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*\Z")
 
 
 class SpecModel(BaseModel):
@@ -196,27 +196,11 @@ class Job(SpecModel):
         return self.model_dump(mode="json")
 
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def load_document(text: str | bytes) -> Any:
-    """Read a JSON or YAML document; a syntax error is a `SpecError`."""
-    try:
-        try:
-            return json.loads(text)
-        except ValueError:
-            pass  # not JSON: YAML, which is slower to parse
-        return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: CSafeLoader or SafeLoader
-    except yaml.YAMLError as exc:
-        raise SpecError("", f"the spec is not valid JSON or YAML: {exc}") from exc
-    except RecursionError:
-        raise SpecError("", "the spec is nested too deeply") from None
-
-
 def parse_job(data: Any) -> tuple[Job, list[str]]:
     """Validate a job spec mapping; returns the job (defaults filled in) and submission warnings."""
     if not isinstance(data, dict):
         raise SpecError("", "the spec must be a mapping with Type and Tasks")
+    check_document(data)
     data = dict(data)
     warnings = []
     for ignored in ("ID", "State", "Version", "Revision", "CreateTime", "ModifyTime"):
@@ -289,8 +273,8 @@ def _check_task(task: Task, field: str) -> None:
     _check_publisher(task, field)
     _check_resources(task.Resources, f"{field}.Resources")
     for name in ("ExecutionTimeout", "QueueTimeout", "TotalTimeout"):
-        if getattr(task.Timeouts, name) < 0:
-            raise SpecError(f"{field}.Timeouts.{name}", "must be zero or more seconds")
+        if not 0 <= getattr(task.Timeouts, name) <= MAX_TIMEOUT:
+            raise SpecError(f"{field}.Timeouts.{name}", f"must be between 0 and {MAX_TIMEOUT} seconds")
     total = task.Timeouts.TotalTimeout
     if total and task.Timeouts.ExecutionTimeout + task.Timeouts.QueueTimeout > total:
         raise SpecError(f"{field}.Timeouts.TotalTimeout", "must be at least ExecutionTimeout + QueueTimeout")
@@ -348,7 +332,7 @@ def _check_url(kind: SourceType, params: dict[str, Any], field: str) -> str:
     url = {str(k).lower(): v for k, v in params.items()}.get("url")
     if not isinstance(url, str) or not url:
         raise SpecError(f"{field}.URL", "field required")
-    scheme = urlparse(url).scheme
+    scheme = _scheme(url, f"{field}.URL")
     if kind is SourceType.URL_DOWNLOAD and scheme not in ("http", "https"):
         raise SpecError(f"{field}.URL", "must be an http or https URL")
     if kind is SourceType.INLINE:
@@ -359,10 +343,20 @@ def _check_url(kind: SourceType, params: dict[str, Any], field: str) -> str:
     return url
 
 
+def _scheme(url: str, field: str) -> str:
+    """The URL's scheme, once the whole URL (host, port) reads."""
+    try:
+        parts = urlparse(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise SpecError(field, f"is not a URL: {exc}") from None
+    return parts.scheme
+
+
 def _check_s3(s3: S3Source, field: str) -> dict[str, Any]:
-    if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", s3.Bucket):
+    if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z", s3.Bucket):
         raise SpecError(f"{field}.Bucket", f"{s3.Bucket!r} is not an S3 bucket name")
-    if s3.Endpoint and urlparse(s3.Endpoint).scheme not in ("http", "https"):
+    if s3.Endpoint and _scheme(s3.Endpoint, f"{field}.Endpoint") not in ("http", "https"):
         raise SpecError(f"{field}.Endpoint", "must be an http or https URL")
     if s3.Filter:
         _check_regex(s3.Filter, f"{field}.Filter")
@@ -424,7 +418,7 @@ def _check_results(task: Task, field: str) -> None:
     paths: set[str] = set()
     for index, result in enumerate(task.ResultPaths):
         where = f"{field}.ResultPaths[{index}]"
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", result.Name):
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z", result.Name):
             raise SpecError(f"{where}.Name", "must be letters, digits, '.', '_' or '-'")
         if result.Name in {"stdout", "stderr", "exitCode"} or result.Name in names:
             raise SpecError(f"{where}.Name", f"{result.Name!r} is reserved or used twice")
@@ -448,7 +442,7 @@ def _check_engine(task: Task, field: str) -> None:
     if engine.is_type(EngineType.DOCKER):
         engine.Type = EngineType.DOCKER
         docker = _build(DockerParams, engine.Params, f"{where}.Params")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", docker.Image) or len(docker.Image) > 512:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*\Z", docker.Image) or len(docker.Image) > 512:
             raise SpecError(f"{where}.Params.Image", f"{docker.Image!r} is not an image reference")
         for index, item in enumerate(docker.EnvironmentVariables):
             key, sep, _ = item.partition("=")

@@ -13,9 +13,9 @@ import click
 from shoal.cli.output import api_options, dump, output_option, short, table, when
 from shoal.cli.submit import run_options, submit_and_report
 from shoal.client import Client
+from shoal.documents import load_document
 from shoal.errors import SpecError
 from shoal.results import download_results
-from shoal.spec import load_document
 from shoal.templating import env_values, job_template, job_templates, render
 
 

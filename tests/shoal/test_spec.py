@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from shoal.documents import load_document
 from shoal.errors import SpecError
 from shoal.resources import parse_bytes, parse_cpu
-from shoal.spec import go_date_format, load_document, parse_job
+from shoal.spec import go_date_format, parse_job
 
 WASM_DATA = "data:application/wasm;base64,AGFzbQEAAAA="
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shoal.documents import load_document
 from shoal.errors import SpecError
-from shoal.spec import load_document, parse_job
+from shoal.spec import parse_job
 from shoal.templating import TEMPLATES_DIR, env_values, job_template, job_templates, render, variables
 
 SAMPLE_VALUES = {
