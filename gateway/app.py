@@ -33,7 +33,7 @@ from gateway.auth_config import load_auth_config
 from gateway.db import make_engine
 from gateway.errors import ConfigurationError, GatewayError, error_body
 from gateway.log_store import LogStore
-from gateway.notify import WorkSignal
+from gateway.notify import PgRelay, WorkSignal
 from gateway.objectstore import make_object_store
 from gateway.services import Services
 from gateway.settings import Settings
@@ -59,8 +59,8 @@ def create_app(settings: Settings) -> Starlette:
                     default_memory=settings.default_memory, queue_timeout=settings.queue_timeout),
         logs=LogStore(engine, max_bytes_per_execution=settings.max_log_bytes),
         objects=make_object_store(settings),
-        work=WorkSignal(),
-        new_logs=WorkSignal(),
+        work=WorkSignal("shoal_work"),
+        new_logs=WorkSignal("shoal_logs"),
         auth=Authenticator(auth_config, TokenStore(engine),
                            limiter=FailureLimiter(settings.auth_failures_per_minute, 60.0)),
         audit=AuditLog(engine),
@@ -68,10 +68,17 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        relay = None
+        if engine.dialect.name == "postgresql":  # replicas wake each other's polls and log followers
+            dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            relay = PgRelay(dsn, [svc.work, svc.new_logs], asyncio.get_running_loop())
+            relay.start()
         task = asyncio.create_task(housekeeping.run_forever(svc))
         try:
             yield
         finally:
+            if relay is not None:
+                relay.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
