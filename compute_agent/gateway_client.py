@@ -13,23 +13,41 @@ _BASE = "/api/v1/compute"
 
 
 class GatewayClient:
-    """Async calls to the gateway, authenticated with the node credential once registered."""
+    """Async calls to the gateway, authenticated with the node credential once registered. `base_urls` may
+    name several replicas (comma-separated): a call that cannot connect to one goes to the next."""
 
-    def __init__(self, base_url: str, *, poll_seconds: float) -> None:
+    def __init__(self, base_urls: str, *, poll_seconds: float) -> None:
         timeout = httpx.Timeout(30.0, read=poll_seconds + 30.0)
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
+        self._urls = [url.strip().rstrip("/") for url in base_urls.split(",") if url.strip()]
+        self._current = 0
+        self._http = httpx.AsyncClient(timeout=timeout)
         self.credential = ""
+
+    @property
+    def url(self) -> str:
+        """The replica calls go to now."""
+        return self._urls[self._current]
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        """POST to the current replica; when it refuses connections, to the next ones in turn (the request was
+        never sent, so trying again elsewhere is safe)."""
+        for _ in range(len(self._urls)):
+            try:
+                return await self._http.post(self.url + _BASE + path, json=body, headers=headers)
+            except httpx.ConnectError as exc:
+                error: httpx.TransportError = exc
+                self._current = (self._current + 1) % len(self._urls)
+            except httpx.TransportError as exc:
+                raise GatewayError(f"cannot reach the gateway: {exc!r}") from exc
+        raise GatewayError(f"cannot reach the gateway: {error!r}") from error
+
     async def _call(self, path: str, body: dict[str, Any], *, auth: str | None = None) -> dict[str, Any] | None:
         token = self.credential if auth is None else auth
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            response = await self._http.post(_BASE + path, json=body, headers=headers)
-        except httpx.TransportError as exc:
-            raise GatewayError(f"cannot reach the gateway: {exc!r}") from exc
+        response = await self._post(path, body, headers)
         if response.status_code == 204:
             return None
         if response.is_error:

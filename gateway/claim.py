@@ -58,7 +58,7 @@ def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRe
         .where(col(prior.id) != ExecutionRecord.id)
         .where(col(prior.compute_state) == ExecutionState.FAILED)
     )
-    rows = session.exec(
+    waiting = (
         select(ExecutionRecord, JobRecord)
         .join(JobRecord, col(JobRecord.id) == col(ExecutionRecord.job_id))
         .where(
@@ -69,21 +69,28 @@ def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRe
             ~failed_here,
         )
         .order_by(col(ExecutionRecord.create_time), col(ExecutionRecord.partition_index))
-        .limit(WINDOW)
-        .with_for_update(skip_locked=True, of=ExecutionRecord)
-    ).all()
+    )
     chosen: list[ExecutionRecord] = []
+    seen: list[str] = []
     needs_by_job: dict[str, Needs] = {}
-    for execution, job in rows:
-        needs = needs_by_job.setdefault(job.id, needs_of(job))
-        if unsuitable(node, needs, free):
-            continue
-        if not all(matches(p, node.labels) for p in needs.preferences) and _preferred_elsewhere(session, node, needs):
-            continue
-        chosen.append(execution)
-        free = free - needs.resources
-        if len(chosen) == limit:
+    # Lock a few candidates at a time, skipping those another claim holds (PostgreSQL; SQLite's write lock
+    # serialises claims anyway): claims running at once on several replicas each take different executions.
+    while len(chosen) < limit and len(seen) < WINDOW:
+        query = waiting.where(col(ExecutionRecord.id).not_in(seen)) if seen else waiting
+        batch = session.exec(query.limit(min(max(2 * limit, 8), WINDOW - len(seen)))
+                             .with_for_update(skip_locked=True, of=ExecutionRecord)).all()
+        if not batch:
             break
+        for execution, job in batch:
+            seen.append(execution.id)
+            needs = needs_by_job.setdefault(job.id, needs_of(job))
+            if len(chosen) == limit or unsuitable(node, needs, free):
+                continue
+            if not all(matches(p, node.labels) for p in needs.preferences) and _preferred_elsewhere(
+                    session, node, needs):
+                continue
+            chosen.append(execution)
+            free = free - needs.resources
     return chosen
 
 

@@ -18,9 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.postgres import PostgresServer
+
 FIXTURES = Path(__file__).parent / "fixtures"
 TEST_IMAGE = "shoal-test/busybox:1"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+ON_POSTGRES = os.environ.get("SHOAL_TEST_BACKEND", "sqlite") == "postgres"  # scripts/test runs both
 
 
 def free_port() -> int:
@@ -139,10 +142,13 @@ class Cluster:
         self.agents: list[Process] = []
 
     def gateway(self, **settings: str) -> Gateway:
-        """Start `shoal serve` on a free loopback port; keyword arguments become SHOAL_* variables."""
+        """Start `shoal serve` on a free loopback port; keyword arguments become SHOAL_* variables. With
+        SHOAL_TEST_BACKEND=postgres each gateway gets a fresh PostgreSQL database unless one is given."""
         index = len(self.gateways)
         port = free_port()
         data_dir = self.root / f"gateway-{index}"
+        if ON_POSTGRES and "database_url" not in settings:
+            settings = settings | {"database_url": postgres_server().create_database()}
         env = dict(os.environ) | FAST_GATEWAY_ENV | {f"SHOAL_{k.upper()}": str(v) for k, v in settings.items()}
         process = _spawn(
             shoal_command("serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)),
@@ -162,13 +168,15 @@ class Cluster:
         wait_for(alive, timeout=30, what="the gateway to answer")
         return gateway
 
-    def agent(self, gateway: Gateway, *extra: str, data_dir: Path | None = None) -> Process:
-        """Start `shoal agent` against `gateway` and wait until it has registered; `data_dir` of an
-        earlier agent restarts that node."""
+    def agent(self, gateway: Gateway, *extra: str, data_dir: Path | None = None,
+              replicas: list[Gateway] | None = None) -> Process:
+        """Start `shoal agent` against `gateway` (and the other `replicas`, to fail over to) and wait until it
+        has registered; `data_dir` of an earlier agent restarts that node."""
         index = len(self.agents)
         data_dir = data_dir or self.root / f"agent-{index}"
+        urls = ",".join([gateway.url, *(r.url for r in replicas or [] if r is not gateway)])
         process = _spawn(
-            shoal_command("agent", "--gateway", gateway.url, "--data-dir", str(data_dir), "--name", f"agent-{index}",
+            shoal_command("agent", "--gateway", urls, "--data-dir", str(data_dir), "--name", f"agent-{index}",
                           *extra),
             self.root / f"agent-{index}.log", gateway.env,
         )
@@ -189,6 +197,21 @@ class Cluster:
         for gateway in self.gateways:
             gateway.process.stop()
             gateway.http.close()
+
+
+_POSTGRES: list[PostgresServer] = []
+
+
+def postgres_server() -> PostgresServer:
+    """The session's PostgreSQL server, started on first use and stopped when the tests end."""
+    if not _POSTGRES:
+        import atexit
+        import tempfile
+
+        server = PostgresServer(Path(tempfile.mkdtemp(prefix="shoal-pg-")), free_port()).start()
+        atexit.register(server.stop, "immediate")
+        _POSTGRES.append(server)
+    return _POSTGRES[0]
 
 
 def one_agent_stack(factory: pytest.TempPathFactory, name: str, *agent_args: str) -> Iterator[Gateway]:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from shoal import __version__
-from shoal.cli import auth, jobs, logs, nodes, processes, submit
+from shoal.cli import auth, db, jobs, logs, nodes, processes, submit
 from shoal.errors import ShoalError
 
 
@@ -28,6 +28,7 @@ cli.add_command(nodes.node)
 cli.add_command(auth.auth)
 cli.add_command(auth.token)
 cli.add_command(auth.audit)
+cli.add_command(db.db)
 
 
 def main() -> None:

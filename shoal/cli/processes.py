@@ -52,8 +52,13 @@ def _uvicorn_server(settings: Any) -> Any:
     import uvicorn
 
     from gateway import create_app
+    from gateway.errors import GatewayError
 
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+    try:
+        app = create_app(settings)
+    except GatewayError as exc:  # the configuration or the database schema: say why, and what fixes it
+        raise click.ClickException(exc.message + (f"\nHint: {exc.hint}" if exc.hint else "")) from None
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             timeout_graceful_shutdown=5, lifespan="on")
     return uvicorn.Server(config)
 
@@ -82,7 +87,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config_file
 
 
 @click.group(invoke_without_command=True)
-@click.option("--gateway", "gateway_url", default=None, help="The gateway's URL (runs a compute agent).")
+@click.option("--gateway", "gateway_url", default=None,
+              help="The gateway's URL, or several replicas' comma-separated (runs a compute agent).")
 @click.option("--token", default="", envvar="SHOAL_JOIN_TOKEN", help="Join token, when the gateway requires one.")
 @click.option("--labels", multiple=True, help=LABEL_HELP)
 @click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Work dir (~/.shoal/agent).")

@@ -18,7 +18,7 @@ from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobSta
 from gateway.store import NodeInfo, RunOutcome, Store
 from shoal.selector import parse_selector
 from shoal.spec import parse_job
-from tests.conftest import wait_for
+from tests.conftest import ON_POSTGRES, postgres_server, wait_for
 
 WASM_DATA = "data:application/wasm;base64,AGFzbQEAAAA="
 
@@ -43,9 +43,14 @@ def docker(count: int = 1) -> Any:
     return job
 
 
+def database_url(tmp_path: Path) -> str:
+    """A fresh database of the backend the tests run on."""
+    return postgres_server().create_database() if ON_POSTGRES else "sqlite:///" + str(tmp_path / "s.db")
+
+
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    made = make_engine("sqlite:///" + str(tmp_path / "s.db"))
+    made = make_engine(database_url(tmp_path))
     yield made
     made.dispose()
 
@@ -105,7 +110,7 @@ def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: 
 
     # eight claimers, each with its own node and its own connection pool, as separate replicas would be
     workers = 8
-    engines = [make_engine("sqlite:///" + str(tmp_path / "s.db")) for _ in range(workers)]
+    engines = [make_engine(engine.url.render_as_string(hide_password=False)) for _ in range(workers)]
     stores = [Store(e, lease_seconds=60, max_attempts=3, queue_timeout=3600) for e in engines]
     nodes = [node(s, "wasm") for s in stores]
     claimed: list[list[str]] = [[] for _ in range(workers)]
