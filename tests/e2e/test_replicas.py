@@ -5,6 +5,8 @@ nothing acknowledged, and so does a PostgreSQL restart."""
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,11 +26,14 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 
 
 @pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, so that it may be restarted."""
-    server = PostgresServer(tmp_path / "pg", free_port()).start()
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, so that it may be restarted (in /tmp: the server's user must
+    reach its folder)."""
+    root = Path(tempfile.mkdtemp(prefix="shoal-pg-"))
+    server = PostgresServer(root, free_port()).start()
     yield server
     server.stop("immediate")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def replicas(cluster: Cluster, postgres: PostgresServer, s3: S3, count: int, **settings: str) -> list[Gateway]:
