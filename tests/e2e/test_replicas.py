@@ -5,6 +5,7 @@ nothing acknowledged, and so does a PostgreSQL restart."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import shutil
 import tempfile
 import time
@@ -122,6 +123,22 @@ def test_work_submitted_to_one_replica_wakes_an_agent_waiting_on_another(cluster
         b.wait_for_job(job_id, timeout=30)
         waits.append(time.monotonic() - started)
     assert max(waits) < 10, waits  # a third of the poll period: the notification, not the poll's end
+
+
+def test_logs_and_results_are_served_by_any_replica(cluster: Cluster, postgres: PostgresServer, s3: S3,
+                                                     tmp_path: Path) -> None:
+    a, b = replicas(cluster, postgres, s3, 2)
+    cluster.agent(a)
+    job = wasm_job("echo", "from replica a")
+    job_id = a.submit(job)
+    with httpx.stream("GET", f"{b.url}/api/v1/orchestrator/jobs/{job_id}/logs",
+                      params={"follow": "true", "format": "ndjson"}, timeout=httpx.Timeout(30, read=60)) as followed:
+        assert followed.status_code == 200
+        lines = [json.loads(line)["Line"] for line in followed.iter_lines() if line]
+    assert lines == ["from replica a"]
+    b.wait_for_job(job_id)
+    out = b.download(job_id, tmp_path / "out")  # presigned by replica b, fetched from the shared S3 store
+    assert (out / "stdout").read_text() == "from replica a\n"
 
 
 def test_a_replica_killed_mid_run_loses_nothing_acknowledged(cluster: Cluster, postgres: PostgresServer,

@@ -258,6 +258,37 @@ def test_expired_lease_fails_and_reschedules(engine: Engine) -> None:
         store.complete(a.id, failed.id, RunOutcome(exit_code=0), published=False)
 
 
+def test_sweeps_on_several_replicas_at_once_act_once(engine: Engine) -> None:
+    """Housekeeping runs on every replica: sweeping the same expired leases from four at once fails each
+    execution once and schedules one retry for it."""
+    store = Store(engine, lease_seconds=0.2, max_attempts=3, queue_timeout=3600)
+    jobs = [store.submit(wasm(count=5)).id for _ in range(8)]
+    claimed = store.claim(node(store), 40)
+    assert len(claimed) == 40
+    _wait_until_past(max(c.execution.lease_expires or 0 for c in claimed))
+    url = engine.url.render_as_string(hide_password=False)
+    engines = [make_engine(url) for _ in range(4)]
+    replicas = [Store(e, lease_seconds=0.2, max_attempts=3, queue_timeout=3600) for e in engines]
+    start = threading.Barrier(len(replicas))
+    swept: list[int] = []
+
+    def sweep(replica: Store) -> None:
+        start.wait(10)
+        swept.append(replica.expire_leases())
+
+    threads = [threading.Thread(target=sweep, args=(r,)) for r in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for e in engines:
+        e.dispose()
+    assert sum(swept) == 40, swept
+    for job_id in jobs:
+        states = sorted(e.compute_state for e in store.executions(job_id))
+        assert states == sorted([ExecutionState.FAILED] * 5 + [ExecutionState.NEW] * 5), (job_id, states)
+
+
 def test_heartbeat_renews_the_leases_of_running_executions(engine: Engine) -> None:
     short = Store(engine, lease_seconds=0.2, max_attempts=3, queue_timeout=3600)
     long = Store(engine, lease_seconds=600, max_attempts=3, queue_timeout=3600)
