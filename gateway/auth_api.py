@@ -109,7 +109,7 @@ def _entry(record: AuditRecord) -> dict[str, Any]:
 async def audit(request: Request) -> JSONResponse:
     """Oldest first; `next_token` is the sequence number to continue after; filter by `actor`, `action`."""
     limit = query_int(request, "limit", 100, minimum=1, maximum=1000)
-    after = query_int(request, "next_token", 0, maximum=2**62)
+    after = query_int(request, "next_token", 0, maximum=2**31 - 1)  # a sequence number (32-bit column)
     entries = await run_in_threadpool(services(request).audit.read, after=after, limit=limit + 1,
                                       actor=request.query_params.get("actor", ""),
                                       action=request.query_params.get("action", ""))

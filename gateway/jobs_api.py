@@ -212,7 +212,7 @@ async def job_history(request: Request) -> JSONResponse:
     if level not in ("all", "job", "execution"):
         raise BadRequest("event_type: must be all, job or execution")
     limit = query_int(request, "limit", 100, minimum=1, maximum=1000)
-    after = query_int(request, "next_token", 0, maximum=2**62)
+    after = query_int(request, "next_token", 0, maximum=2**31 - 1)  # a sequence number (32-bit column)
     since = query_int(request, "since", 0, maximum=2**33)  # seconds; as nanoseconds it fits 64 bits
     events = await run_in_threadpool(
         services(request).store.history, job.id, after=after, limit=limit + 1, level=level,

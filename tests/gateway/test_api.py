@@ -7,12 +7,12 @@ executions (a Count 0 job is Completed at once).
 from __future__ import annotations
 
 import base64
-import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 import yaml
 
 from shoal import __version__
@@ -363,8 +363,12 @@ def test_next_token_with_a_huge_offset_is_a_bad_request(gateway: Gateway) -> Non
 
 def test_server_errors_have_the_error_shape_and_a_request_id_header(gateway: Gateway) -> None:
     # break the database under the running gateway: the next list is an internal error
-    with sqlite3.connect(gateway.data_dir / "shoal.db") as db:
-        db.execute("DROP TABLE jobs")
+    url = gateway.env.get("SHOAL_DATABASE_URL") or f"sqlite:///{gateway.data_dir / 'shoal.db'}"
+    broken = sqlalchemy.create_engine(url)
+    with broken.begin() as connection:
+        connection.execute(sqlalchemy.text("DROP TABLE jobs CASCADE" if url.startswith("postgresql") else
+                                           "DROP TABLE jobs"))
+    broken.dispose()
     response = httpx.get(gateway.url + JOBS)
     body = expect_error(response, 500)
     assert body["Message"] == "internal server error"
