@@ -1,11 +1,15 @@
-"""Dispatch benchmark: submit → task start latency, and end-to-end throughput of tiny WASM jobs.
+"""Dispatch benchmark: submit → task start latency, and end-to-end throughput of tiny WASM jobs, on SQLite and
+on PostgreSQL with one or several gateway replicas.
 
-    .venv/bin/python bench/dispatch.py [--quick] [--json PATH]
+    .venv/bin/python bench/dispatch.py [--quick] [--backends sqlite,postgres] [--replicas 1,3] [--json PATH]
 
-Starts its own `shoal serve` and `shoal agent` processes on 127.0.0.1 (free ports, fresh temp data dirs: one
-gateway per scenario), prints a markdown table and writes JSON (default bench/results/dispatch.json).
-SHOAL_DATABASE_URL is passed through to the gateway (SQLite in the data dir when unset); every other SHOAL_*
-variable is dropped so that nothing points the processes anywhere but loopback. See bench/README.md.
+Starts its own `shoal serve` and `shoal agent` processes on 127.0.0.1 (free ports, fresh temp data dirs: fresh
+gateways for every measurement) and, for PostgreSQL, its own throwaway PostgreSQL 15 server from
+/usr/lib/postgresql/15/bin in a temp dir under /tmp (a fresh database for every measurement); prints a markdown
+table and writes JSON (default bench/results/dispatch.json). Every SHOAL_* variable of the caller is dropped, so
+that nothing points the processes anywhere but loopback and the backend is the one named. The scenarios'
+latency jobs take turns and their throughput runs come in rounds of alternating order, so that drifts in the
+machine's speed reach every scenario alike. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import base64
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -26,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +44,25 @@ JOBS = "/api/v1/orchestrator/jobs"
 HOST = "127.0.0.1"
 TERMINAL = ("Completed", "Failed", "Stopped")
 ACTIVE = ("Pending", "Queued", "Running")  # in lifecycle order: see Stack.active()
+BACKENDS = ("sqlite", "postgres")
+PUBLISHER = "noop"  # for every backend: see probe_job()
 
 LATENCY_POLL_S = 0.01  # how often the latency loop asks whether its job finished
 PACING_S = 0.05  # pause after a job completes so the agent is back in a waiting long-poll
-WARMUP_JOBS = 2  # latency jobs run first and left out of the statistics (module compile, first imports)
+WARMUP_JOBS = 2  # latency jobs per replica run first and left out of the statistics (compile, first imports)
 THREADS = 16
 SLOTS_PER_AGENT = 2
+THROUGHPUT_AGENTS = (1, 4)
 DONE_POLL_S = 0.05
+NA = "n/a"  # a table cell that does not apply
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Everything else is PostgreSQL's default (fsync, synchronous_commit, full_page_writes, shared_buffers, ...):
+# the commits are as durable as in a default installation. Three replicas hold up to 3 x (10 + 20) pooled
+# connections plus their LISTEN connections, more than the default 100.
+PG_SETTINGS = {"listen_addresses": HOST, "max_connections": "300"}
+PG_REPORTED = ("server_version", "max_connections", "shared_buffers", "fsync", "synchronous_commit",
+               "full_page_writes", "wal_level", "wal_buffers", "checkpoint_timeout", "max_wal_size")
 
 
 class BenchError(RuntimeError):
@@ -69,9 +86,12 @@ def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interva
         time.sleep(interval)
 
 
-def child_env() -> dict[str, str]:
-    """The environment without SHOAL_* settings (but SHOAL_DATABASE_URL) and with loopback exempt from proxies."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_") or k == "SHOAL_DATABASE_URL"}
+def child_env(database_url: str = "") -> dict[str, str]:
+    """The environment without the caller's SHOAL_* settings, with `database_url` (SQLite in the data dir when
+    empty) and with loopback exempt from proxies."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    if database_url:
+        env["SHOAL_DATABASE_URL"] = database_url
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     return env
 
@@ -81,7 +101,9 @@ def http_client(base_url: str) -> httpx.Client:
 
 
 def probe_job(namespace: str, *args: str) -> dict[str, Any]:
-    """The probe module sent inline, as tests/specs.py sends it (the s3managed publisher, so results upload)."""
+    """The probe module sent inline, as tests/specs.py sends it. The `noop` publisher, on every backend: the
+    gateway's local object store is per replica (sharing results between replicas needs S3), and rows that
+    publish on one backend but not on the other would not compare like with like."""
     url = "data:application/octet-stream;base64," + base64.b64encode(PROBE.read_bytes()).decode()
     return {
         "Type": "batch",
@@ -90,10 +112,90 @@ def probe_job(namespace: str, *args: str) -> dict[str, Any]:
         "Tasks": [{
             "Name": "main",
             "Engine": {"Type": "wasm", "Params": {"EntryModule": "/app/probe.wasm", "Parameters": list(args)}},
-            "Publisher": {"Type": "s3managed"},
+            "Publisher": {"Type": PUBLISHER},
             "InputSources": [{"Target": "/app/probe.wasm", "Source": {"Type": "inline", "Params": {"URL": url}}}],
         }],
     }
+
+
+# -- a throwaway PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _as_owner(args: list[str], owner: str | None) -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
+    return ["runuser", "-u", owner, "--", *args] if owner else args
+
+
+class Postgres:
+    """A PostgreSQL server of the benchmark's own in a temp dir under /tmp (the server's user must reach it), on
+    a free loopback port, trust authentication, with PostgreSQL's default settings but PG_SETTINGS. The recipe
+    of tests/postgres.py, copied (bench/ does not import the tests), minus its durability shortcuts."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="shoal-bench-pg-", dir="/tmp"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.owner = "postgres" if os.geteuid() == 0 else None
+        self.user = "shoal"
+        self.started = False
+
+    def run(self, *args: str) -> None:
+        result = subprocess.run(_as_owner(list(args), self.owner), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BenchError(f"{Path(args[0]).name} exited with {result.returncode}:\n{result.stdout}{result.stderr}"
+                             f"\n{self.tail()}")
+
+    def start(self) -> Postgres:
+        if self.owner:
+            shutil.chown(self.root, self.owner)
+        # --no-sync only spares initdb's own fsync of the fresh cluster; the server runs with fsync on.
+        self.run(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user, "--no-sync",
+                 "-E", "UTF8")
+        options = f"-p {self.port} -k {self.root} " + " ".join(f"-c {k}={v}" for k, v in PG_SETTINGS.items())
+        self.run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"),
+                 "-w", "start")
+        self.started = True
+        return self
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def stop(self) -> None:
+        if self.started:
+            subprocess.run(_as_owner([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                                     self.owner), capture_output=True)
+            self.started = False
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.root / "server.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@{HOST}:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new, empty database; its SQLAlchemy URL (the gateways migrate it at start)."""
+        import psycopg
+
+        name = f"bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://{self.user}@{HOST}:{self.port}/{name}"
+
+    def describe(self) -> dict[str, Any]:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            version = conn.execute("SELECT version()").fetchone()
+            settings = {name: conn.execute(f"SHOW {name}").fetchone() for name in PG_REPORTED}
+        return {"version": version[0] if version else "", "bin": str(PG_BIN), "set_on_command_line": PG_SETTINGS,
+                "settings": {k: v[0] if v else None for k, v in settings.items()}}
+
+
+# -- processes ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -120,18 +222,19 @@ class Proc:
 
 @dataclass
 class Stack:
-    """One gateway and its agents under `root`; `close()` stops them all."""
+    """Gateway replicas on one database and their agents under `root`; `close()` stops them all."""
 
     root: Path
-    url: str = ""
+    database_url: str = ""  # SQLite in the gateway's data dir when empty
+    urls: list[str] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
-    http: httpx.Client | None = None
+    clients: list[httpx.Client] = field(default_factory=list)
 
     def spawn(self, name: str, *args: str) -> Proc:
         log = self.root / f"{name}.log"
         with open(log, "wb") as handle:
             popen = subprocess.Popen([sys.executable, "-m", "shoal", *args], stdout=handle,
-                                     stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT)
+                                     stderr=subprocess.STDOUT, env=child_env(self.database_url), cwd=ROOT)
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc
@@ -140,28 +243,39 @@ class Stack:
         if proc.popen.poll() is not None:
             raise BenchError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
 
-    def start_gateway(self) -> None:
-        port = free_port()
-        self.url = f"http://{HOST}:{port}"
-        proc = self.spawn("gateway", "serve", "--host", HOST, "--port", str(port),
-                          "--data-dir", str(self.root / "gateway"))
-        self.http = http_client(self.url)
+    def start_gateways(self, count: int) -> None:
+        """`count` replicas, one after another (each migrates the schema at start, under a lock, if needed)."""
+        for index in range(count):
+            port = free_port()
+            url = f"http://{HOST}:{port}"
+            proc = self.spawn(f"gateway-{index}", "serve", "--host", HOST, "--port", str(port),
+                              "--data-dir", str(self.root / f"gateway-{index}"))
+            client = http_client(url)
+            self.urls.append(url)
+            self.clients.append(client)
 
-        def alive() -> bool:
-            self.check(proc)
-            try:
-                return self.api.get("/api/v1/agent/alive").status_code == 200
-            except httpx.TransportError:
-                return False
+            def alive(proc: Proc = proc, client: httpx.Client = client) -> bool:
+                self.check(proc)
+                try:
+                    return client.get("/api/v1/agent/alive").status_code == 200
+                except httpx.TransportError:
+                    return False
 
-        wait_for(alive, timeout=60, what="the gateway to answer")
+            wait_for(alive, timeout=60, what=f"gateway {index} to answer")
+
+    def agent_urls(self, index: int) -> list[str]:
+        """Every replica, starting with replica `index % replicas`: the agent polls that one and fails over to
+        the next ones in turn."""
+        first = index % len(self.urls)
+        return self.urls[first:] + self.urls[:first]
 
     def start_agents(self, count: int, slots: int) -> None:
         started = []
         for index in range(count):
             data_dir = self.root / f"agent-{index}"
-            proc = self.spawn(f"agent-{index}", "agent", "--gateway", self.url, "--data-dir", str(data_dir),
-                              "--max-executions", str(slots), "--name", f"bench-agent-{index}")
+            proc = self.spawn(f"agent-{index}", "agent", "--gateway", ",".join(self.agent_urls(index)),
+                              "--data-dir", str(data_dir), "--max-executions", str(slots),
+                              "--name", f"bench-agent-{index}")
             started.append((proc, data_dir / "node.json"))
 
         def registered() -> bool:
@@ -172,9 +286,13 @@ class Stack:
         wait_for(registered, timeout=60, what=f"{count} agent(s) to register")
 
     @property
+    def replicas(self) -> int:
+        return len(self.urls)
+
+    @property
     def api(self) -> httpx.Client:
-        assert self.http is not None
-        return self.http
+        """Replica 0's client, for the benchmark's own bookkeeping queries."""
+        return self.clients[0]
 
     def submit(self, client: httpx.Client, job: dict[str, Any]) -> str:
         response = client.put(JOBS, json={"Job": job})
@@ -205,17 +323,17 @@ class Stack:
     def close(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
-        if self.http is not None:
-            self.http.close()
+        for client in self.clients:
+            client.close()
 
 
 @contextmanager
-def stack(root: Path, name: str, agents: int, slots: int) -> Iterator[Stack]:
+def stack(root: Path, name: str, database_url: str, replicas: int, agents: int, slots: int) -> Iterator[Stack]:
     folder = root / name
     folder.mkdir()
-    running = Stack(folder)
+    running = Stack(folder, database_url)
     try:
-        running.start_gateway()
+        running.start_gateways(replicas)
         running.start_agents(agents, slots)
         yield running
     except BaseException:
@@ -224,6 +342,83 @@ def stack(root: Path, name: str, agents: int, slots: int) -> Iterator[Stack]:
         raise
     finally:
         running.close()
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# -- is anything else using the machine? ---------------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+BUSY_ROOTS: list[int] = []  # besides this process: the PostgreSQL postmaster, whose backends are not our children
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
+
+
+def own_cpu_s() -> dict[int, tuple[str, float]]:
+    """CPU seconds of this process and of its descendants, and of those of BUSY_ROOTS, by pid, each with its
+    group: "bench" (this process), "gateways", "agents", "postgres" or "other" (e.g. runuser)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                after = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry.name)] = int(after[1])
+        times[int(entry.name)] = (int(after[11]) + int(after[12])) / TICK
+    groups = {os.getpid(): "bench"} | {pid: "postgres" for pid in BUSY_ROOTS}
+    grew = True
+    while grew:
+        found = {pid: group_of(pid, groups[parent]) for pid, parent in parents.items()
+                 if parent in groups and pid not in groups}
+        groups |= found
+        grew = bool(found)
+    return {pid: (group, times[pid]) for pid, group in groups.items() if pid in times}
+
+
+def group_of(pid: int, parent_group: str) -> str:
+    if parent_group == "postgres":
+        return "postgres"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            argv = cmdline.read().split(b"\0")
+    except OSError:
+        return "other"
+    return "gateways" if b"serve" in argv else "agents" if b"agent" in argv else "other"
+
+
+class CpuWatch:
+    """How much CPU the machine spent on this benchmark's processes (this one, the gateways, the agents and the
+    PostgreSQL server) and how much on anything else, between start and `stop()` (call it while the processes
+    still run). Other busy cores mean the figures were measured on a shared machine."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.busy = machine_busy_s()
+        self.own = own_cpu_s()
+        self.load = loadavg()
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.began
+        busy = machine_busy_s() - self.busy
+        by_group: dict[str, float] = {}
+        for pid, (group, seconds) in own_cpu_s().items():
+            by_group[group] = by_group.get(group, 0.0) + seconds - self.own.get(pid, ("", 0.0))[1]
+        own = sum(by_group.values())
+        other = max(0.0, busy - own)
+        return {"wall_s": round(wall, 2), "busy_cores": round(busy / wall, 2), "bench_cores": round(own / wall, 2),
+                "other_cores": round(other / wall, 2), "loadavg_before": self.load, "loadavg_after": loadavg(),
+                "bench_cores_by_group": {g: round(v / wall, 2) for g, v in sorted(by_group.items())}}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -239,18 +434,33 @@ def summary(values: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(values)}
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the table: a backend and a number of gateway replicas."""
+
+    backend: str
+    replicas: int
+    new_database: Callable[[], str]  # a fresh, empty database's URL for each measurement ("" = SQLite)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}-{self.replicas}"
+
+
 # -- a. dispatch latency ------------------------------------------------------------------------------------
 
 
-def one_latency_job(gw: Stack, namespace: str) -> dict[str, Any]:
+def one_latency_job(gw: Stack, namespace: str, replica: int = 0) -> dict[str, Any]:
+    """A `probe now` job submitted through `replica` (and followed there) to the idle agent."""
+    client = gw.clients[replica]
     job = probe_job(namespace, "now")
     time.sleep(PACING_S)
     submitted = time.time_ns()
-    job_id = gw.submit(gw.api, job)
+    job_id = gw.submit(client, job)
     accepted = time.time_ns()
 
     def finished() -> dict[str, Any] | None:
-        response = gw.api.get(f"{JOBS}/{job_id}", params={"include": "executions", "namespace": namespace})
+        response = client.get(f"{JOBS}/{job_id}", params={"include": "executions", "namespace": namespace})
         if response.status_code != 200:
             raise BenchError(f"GET job {job_id} answered {response.status_code}: {response.text[:500]}")
         body = response.json()
@@ -266,6 +476,7 @@ def one_latency_job(gw: Stack, namespace: str) -> dict[str, Any]:
     started = int(str(output["Stdout"]).strip())
     return {
         "job_id": job_id,
+        "replica": replica,
         "submit_to_start_ms": (started - submitted) / 1e6,
         "put_ms": (accepted - submitted) / 1e6,
         "put_returned_to_start_ms": (started - accepted) / 1e6,
@@ -274,41 +485,99 @@ def one_latency_job(gw: Stack, namespace: str) -> dict[str, Any]:
     }
 
 
-def bench_latency(root: Path, jobs: int) -> dict[str, Any]:
-    namespace = f"bench-latency-{uuid.uuid4().hex[:8]}"
-    with stack(root, "latency", agents=1, slots=1) as gw:
-        warmup = [one_latency_job(gw, namespace) for _ in range(WARMUP_JOBS)]
-        runs = []
-        for index in range(jobs):
-            runs.append(one_latency_job(gw, namespace))
-            if (index + 1) % 50 == 0:
-                print(f"  latency: {index + 1}/{jobs} jobs", file=sys.stderr)
+def latency_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
     latencies = [r["submit_to_start_ms"] for r in runs]
     parts = {key: summary([r[key] for r in runs]) for key in runs[0] if key.endswith("_ms")}
-    return {"jobs": jobs, "warmup_jobs": WARMUP_JOBS, "agents": 1, "max_executions": 1,
-            "poll_interval_s": LATENCY_POLL_S, "pacing_s": PACING_S, "namespace": namespace,
-            "submit_to_start_ms": summary(latencies), "latencies_ms": latencies, "breakdown_ms": parts,
-            "runs": runs, "warmup": warmup}
+    return {"submit_to_start_ms": summary(latencies), "latencies_ms": latencies, "breakdown_ms": parts}
+
+
+@dataclass
+class LatencyProbe:
+    """One scenario's latency stack: one agent, `--max-executions 1`, polling replica 0."""
+
+    scenario: Scenario
+    gw: Stack
+    namespace: str = field(default_factory=lambda: f"bench-latency-{uuid.uuid4().hex[:8]}")
+    warmup: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    cross_runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def step(self, index: int, cross: bool) -> None:
+        """The dispatch figures: jobs submitted through the replicas in turn. The cross-replica figures (several
+        replicas only): jobs submitted only through the other replicas (1, 2, 1, 2, ...) while the agent waits
+        on replica 0."""
+        n = self.gw.replicas
+        if cross:
+            self.cross_runs.append(one_latency_job(self.gw, self.namespace, 1 + index % (n - 1)))
+        else:
+            self.runs.append(one_latency_job(self.gw, self.namespace, index % n))
+
+    def results(self, cpu: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        n = self.gw.replicas
+        latency = {"jobs": len(self.runs), "warmup_jobs": len(self.warmup), "agents": 1, "max_executions": 1,
+                   "poll_interval_s": LATENCY_POLL_S, "pacing_s": PACING_S, "namespace": self.namespace,
+                   "interleaved": True, "cpu": cpu}
+        if n > 1:
+            same = [r["submit_to_start_ms"] for r in self.runs if r["replica"] == 0]
+            other = [r["submit_to_start_ms"] for r in self.runs if r["replica"] != 0]
+            latency |= {"replicas": n, "agent_polls_replica": 0, "submitted_through": "replicas in turn",
+                        "submit_to_start_ms_by_case": {"same_replica": summary(same),
+                                                       "other_replica": summary(other)}}
+        latency |= latency_figures(self.runs) | {"runs": self.runs, "warmup": self.warmup}
+        cross = None
+        if self.cross_runs:
+            cross = {"jobs": len(self.cross_runs), "agent_polls_replica": 0, "submitted_through": list(range(1, n)),
+                     "namespace": self.namespace, "interleaved": True, "cpu": cpu}
+            cross |= latency_figures(self.cross_runs) | {"runs": self.cross_runs}
+        return latency, cross
+
+
+def bench_latency(root: Path, scenarios: list[Scenario], jobs: int) -> dict[str, tuple[dict[str, Any],
+                                                                                       dict[str, Any] | None]]:
+    """Every scenario's latency stack runs at once (an idle stack costs next to nothing), and their jobs take
+    turns: job i of every scenario (and cross-replica job i of those with several replicas), in an order that
+    rotates every round, then job i + 1... So drifts in the machine's speed reach every scenario alike."""
+    with ExitStack() as running:
+        probes = []
+        for scenario in scenarios:
+            gw = running.enter_context(stack(root, f"{scenario.label}-latency", scenario.new_database(),
+                                             scenario.replicas, agents=1, slots=1))
+            probe = LatencyProbe(scenario, gw)
+            probe.warmup = [one_latency_job(gw, probe.namespace, i % gw.replicas)
+                            for i in range(WARMUP_JOBS * gw.replicas)]
+            probes.append(probe)
+        steps = [(probe, cross) for probe in probes for cross in (False, True)
+                 if not cross or probe.gw.replicas > 1]
+        watch = CpuWatch()
+        for index in range(jobs):
+            turn = index % len(steps)
+            for probe, cross in steps[turn:] + steps[:turn]:
+                probe.step(index, cross)
+            if (index + 1) % 50 == 0:
+                print(f"  latency: {index + 1}/{jobs} rounds", file=sys.stderr)
+        cpu = watch.stop()
+    return {probe.scenario.label: probe.results(cpu) for probe in probes}
 
 
 # -- b. throughput ------------------------------------------------------------------------------------------
 
 
 def submit_all(gw: Stack, namespace: str, jobs: int) -> tuple[list[int], list[str]]:
-    """Submit `jobs` echo jobs from THREADS threads, one httpx client each; the submit times and errors."""
+    """Submit `jobs` echo jobs from THREADS threads, one httpx client per thread and replica, job i through
+    replica i % replicas; the submit times and errors."""
     job = probe_job(namespace, "echo", "x")
     local = threading.local()
     clients: list[httpx.Client] = []
     lock = threading.Lock()
 
-    def submit(_: int) -> tuple[int, str]:
-        if not hasattr(local, "client"):
-            local.client = http_client(gw.url)
+    def submit(index: int) -> tuple[int, str]:
+        if not hasattr(local, "clients"):
+            local.clients = [http_client(url) for url in gw.urls]
             with lock:
-                clients.append(local.client)
+                clients.extend(local.clients)
         before = time.time_ns()
         try:
-            gw.submit(local.client, job)
+            gw.submit(local.clients[index % gw.replicas], job)
         except (BenchError, httpx.HTTPError) as exc:
             return before, f"{type(exc).__name__}: {exc}"
         return before, ""
@@ -322,12 +591,15 @@ def submit_all(gw: Stack, namespace: str, jobs: int) -> tuple[list[int], list[st
     return [t for t, _ in results], [e for _, e in results if e]
 
 
-def bench_throughput(root: Path, agents: int, jobs: int) -> dict[str, Any]:
+def bench_throughput(root: Path, scenario: Scenario, agents: int, jobs: int, round_: int = 0) -> dict[str, Any]:
     namespace = f"bench-throughput-{agents}-{uuid.uuid4().hex[:8]}"
-    with stack(root, f"throughput-{agents}", agents=agents, slots=SLOTS_PER_AGENT) as gw:
-        # Warm the gateway up (first requests, imports); each agent still compiles the module on first use.
-        gw.submit(gw.api, probe_job(namespace + "-warmup", "echo", "warm"))
-        wait_for(lambda: not gw.active(namespace + "-warmup"), timeout=60, what="the warm-up job")
+    with stack(root, f"{scenario.label}-throughput-{agents}-r{round_}", scenario.new_database(), scenario.replicas,
+               agents=agents, slots=SLOTS_PER_AGENT) as gw:
+        # Warm every replica up (first requests, imports); each agent still compiles the module on first use.
+        for client in gw.clients:
+            gw.submit(client, probe_job(namespace + "-warmup", "echo", "warm"))
+        wait_for(lambda: not gw.active(namespace + "-warmup"), timeout=60, what="the warm-up jobs")
+        watch = CpuWatch()
         began = time.monotonic()
         submit_times, errors = submit_all(gw, namespace, jobs)
         submitted = time.monotonic()
@@ -335,6 +607,7 @@ def bench_throughput(root: Path, agents: int, jobs: int) -> dict[str, Any]:
         wait_for(lambda: not gw.active(namespace), timeout=deadline, interval=DONE_POLL_S,
                  what=f"{jobs} jobs to finish")
         observed = time.monotonic()
+        cpu = watch.stop()
         finished = {state: gw.all_jobs(namespace, state) for state in TERMINAL}
     completed = finished["Completed"]
     first = min(submit_times)
@@ -342,6 +615,8 @@ def bench_throughput(root: Path, agents: int, jobs: int) -> dict[str, Any]:
     elapsed_s = (last_done - first) / 1e9
     return {
         "jobs": jobs, "agents": agents, "max_executions": SLOTS_PER_AGENT, "threads": THREADS,
+        **({"replicas": scenario.replicas, "submitted_through": "replicas in turn",
+            "agents_poll_replicas": [i % scenario.replicas for i in range(agents)]} if scenario.replicas > 1 else {}),
         "namespace": namespace,
         "completed": len(completed), "failed": len(finished["Failed"]), "stopped": len(finished["Stopped"]),
         "submit_errors": errors[:20], "submit_error_count": len(errors),
@@ -351,6 +626,31 @@ def bench_throughput(root: Path, agents: int, jobs: int) -> dict[str, Any]:
         "jobs_per_s": len(completed) / elapsed_s if elapsed_s > 0 else 0.0,
         "submit_jobs_per_s": jobs / (submitted - began),
         "failures": [{"ID": j["ID"], "State": j["State"]} for j in finished["Failed"] + finished["Stopped"]][:20],
+        "cpu": cpu,
+    }
+
+
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several rounds of one throughput measurement as one: the jobs and times added up (so jobs/s is all the
+    Completed jobs over all the rounds' elapsed time), each round kept under "rounds"."""
+    first = rounds[0]
+    total = {key: sum(r[key] for r in rounds) for key in ("jobs", "completed", "failed", "stopped",
+                                                            "submit_error_count", "submit_phase_s", "elapsed_s",
+                                                            "observed_elapsed_s")}
+    return {
+        "jobs": total["jobs"], "agents": first["agents"], "max_executions": first["max_executions"],
+        "threads": first["threads"],
+        **{key: first[key] for key in ("replicas", "submitted_through", "agents_poll_replicas") if key in first},
+        **{key: total[key] for key in ("completed", "failed", "stopped")},
+        "submit_errors": [e for r in rounds for e in r["submit_errors"]][:20],
+        "submit_error_count": total["submit_error_count"],
+        "submit_phase_s": total["submit_phase_s"], "elapsed_s": total["elapsed_s"],
+        "observed_elapsed_s": total["observed_elapsed_s"],
+        "jobs_per_s": total["completed"] / total["elapsed_s"] if total["elapsed_s"] > 0 else 0.0,
+        "submit_jobs_per_s": total["jobs"] / total["submit_phase_s"],
+        "failures": [f for r in rounds for f in r["failures"]][:20],
+        "jobs_per_s_by_round": [r["jobs_per_s"] for r in rounds],
+        "rounds": rounds,
     }
 
 
@@ -360,7 +660,6 @@ def bench_throughput(root: Path, agents: int, jobs: int) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     import shoal
 
-    url = os.environ.get("SHOAL_DATABASE_URL", "")
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -368,62 +667,155 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "shoal": shoal.__version__,
-        "database": url.split(":", 1)[0] if url else "sqlite (default, in the data dir)",
+        "database": "sqlite (default, in the data dir)",  # of the top-level latency and throughput figures
     }
 
 
-def table(results: dict[str, Any]) -> str:
-    rows = ["| benchmark | parameters | result |", "| --- | --- | --- |"]
-    lat = results.get("latency")
-    if lat:
-        s = lat["submit_to_start_ms"]
-        rows.append(
-            f"| dispatch latency, submit → task start (idle agent) | {lat['jobs']} sequential `probe now` jobs, "
-            f"1 agent, {lat['warmup_jobs']} warm-up jobs left out | p50 {s['p50']:.1f} ms, p90 {s['p90']:.1f} ms, "
-            f"p99 {s['p99']:.1f} ms, max {s['max']:.1f} ms |")
-        done = lat["breakdown_ms"]["submit_to_observed_done_ms"]
-        every = lat["poll_interval_s"] * 1000
-        rows.append(f"| job round trip, submit → seen Completed | same jobs (poll every {every:g} ms) |"
-                    f" p50 {done['p50']:.1f} ms, p90 {done['p90']:.1f} ms, max {done['max']:.1f} ms |")
-    for run in results.get("throughput", []):
-        bad = run["failed"] + run["stopped"] + run["submit_error_count"]
-        note = f"; **{bad} not completed**" if bad or run["completed"] != run["jobs"] else ""
-        rows.append(
-            f"| throughput, tiny WASM jobs end to end | {run['jobs']} `probe echo x` jobs, {run['agents']} agent(s)"
-            f" x {run['max_executions']} slots, {run['threads']} submit threads | {run['jobs_per_s']:.1f} jobs/s "
-            f"({run['completed']}/{run['jobs']} Completed in {run['elapsed_s']:.1f} s; submitting alone "
-            f"{run['submit_jobs_per_s']:.0f} jobs/s){note} |")
-    return "\n".join(rows)
+def row(backend: str, replicas: int, latency: dict[str, Any] | None, cross: dict[str, Any] | None,
+        throughput: list[dict[str, Any]]) -> dict[str, Any]:
+    """The table's figures for one scenario (kept in the JSON too)."""
+    lat = latency["submit_to_start_ms"] if latency else None
+    crossed = cross["submit_to_start_ms"] if cross else None
+    measured = [m for m in (latency, cross, *(r for t in throughput for r in t["rounds"])) if m]
+    return {
+        "backend": backend, "replicas": replicas,
+        "latency_jobs": latency["jobs"] if latency else 0, "cross_replica_jobs": cross["jobs"] if cross else 0,
+        "dispatch_p50_ms": lat["p50"] if lat else None, "dispatch_p99_ms": lat["p99"] if lat else None,
+        "cross_replica_p50_ms": crossed["p50"] if crossed else None,
+        "cross_replica_p99_ms": crossed["p99"] if crossed else None,
+        "throughput": [{"agents": t["agents"], "jobs": t["jobs"], "jobs_per_s": t["jobs_per_s"],
+                        "jobs_per_s_by_round": t["jobs_per_s_by_round"],
+                        "not_completed": t["jobs"] - t["completed"] + t["submit_error_count"]} for t in throughput],
+        "other_cores_max": max(m["cpu"]["other_cores"] for m in measured) if measured else None,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def ms(value: float | None) -> str:
+        return NA if value is None else f"{value:.1f}"
+
+    def rate(entry: dict[str, Any], agents: int) -> str:
+        for t in entry["throughput"]:
+            if t["agents"] == agents:
+                bad = f" (**{t['not_completed']} not completed**)" if t["not_completed"] else ""
+                return f"{t['jobs_per_s']:.1f}{bad}"
+        return NA
+
+    lines = ["| backend | replicas | dispatch p50 (ms) | dispatch p99 (ms) | cross-replica p50 (ms) "
+             "| cross-replica p99 (ms) | jobs/s, 1 agent | jobs/s, 4 agents | jobs (latency / cross / throughput) "
+             "| others' CPU (cores) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+    for entry in rows:
+        counts = sorted({t["jobs"] for t in entry["throughput"]})
+        lines.append(
+            f"| {names.get(entry['backend'], entry['backend'])} | {entry['replicas']} | {ms(entry['dispatch_p50_ms'])} "
+            f"| {ms(entry['dispatch_p99_ms'])} | {ms(entry['cross_replica_p50_ms'])} "
+            f"| {ms(entry['cross_replica_p99_ms'])} | {rate(entry, 1)} | {rate(entry, 4)} "
+            f"| {entry['latency_jobs']} / {entry['cross_replica_jobs'] or NA} / "
+            f"{'/'.join(str(c) for c in counts) or NA} | {ms(entry['other_cores_max'])} |")
+    return "\n".join(lines)
+
+
+def csv_ints(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated positive numbers expected")
+    return values
+
+
+def csv_backends(text: str) -> list[str]:
+    values = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not values or any(v not in BACKENDS for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated subset of {','.join(BACKENDS)} expected")
+    return values
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs (30 latency, 100 throughput)")
+    parser.add_argument("--backends", type=csv_backends, default=list(BACKENDS),
+                        help="which databases to measure (default sqlite,postgres)")
+    parser.add_argument("--replicas", type=csv_ints, default=[1, 3],
+                        help="gateway replica counts to measure on PostgreSQL (default 1,3); SQLite always has 1")
+    parser.add_argument("--latency-jobs", type=int, help="latency (and cross-replica) jobs (default 200, quick 30)")
+    parser.add_argument("--throughput-jobs", type=int,
+                        help="jobs per throughput measurement, over all its rounds (default 500, quick 100)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="throughput rounds, the scenarios' order reversed every other round (default 2)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "dispatch.json",
                         help="where to write the results (default bench/results/dispatch.json)")
     args = parser.parse_args()
     latency_jobs, throughput_jobs = (30, 100) if args.quick else (200, 500)
+    latency_jobs = args.latency_jobs or latency_jobs
+    throughput_jobs = args.throughput_jobs or throughput_jobs
+    rounds = max(1, min(args.rounds, throughput_jobs))
+    per_round = [throughput_jobs // rounds + (1 if r < throughput_jobs % rounds else 0) for r in range(rounds)]
 
     began = time.monotonic()
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick,
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
-        root = Path(tmp)
-        print(f"latency: {latency_jobs} jobs", file=sys.stderr)
-        results["latency"] = bench_latency(root, latency_jobs)
-        results["throughput"] = []
-        for agents in (1, 4):
-            print(f"throughput: {throughput_jobs} jobs, {agents} agent(s)", file=sys.stderr)
-            results["throughput"].append(bench_throughput(root, agents, throughput_jobs))
+    results["parameters"] = {
+        "backends": args.backends, "postgres_replicas": args.replicas if "postgres" in args.backends else [],
+        "latency_jobs": latency_jobs, "cross_replica_jobs": latency_jobs, "latency_interleaved": True,
+        "throughput_jobs": throughput_jobs, "throughput_rounds": per_round,
+        "throughput_agents": list(THROUGHPUT_AGENTS), "slots_per_agent": SLOTS_PER_AGENT, "submit_threads": THREADS,
+        "publisher": PUBLISHER, "warmup_latency_jobs_per_replica": WARMUP_JOBS, "pacing_s": PACING_S,
+        "latency_poll_s": LATENCY_POLL_S, "gateway_settings": "defaults (SHOAL_* of the caller dropped)"}
+    pg: Postgres | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
+            root = Path(tmp)
+            scenarios = []
+            if "sqlite" in args.backends:
+                scenarios.append(Scenario("sqlite", 1, lambda: ""))
+            if "postgres" in args.backends:
+                pg = Postgres().start()
+                BUSY_ROOTS.append(pg.postmaster_pid())
+                results["postgres"] = pg.describe()
+                scenarios += [Scenario("postgres", n, pg.create_database) for n in args.replicas]
+            names = ", ".join(s.label for s in scenarios)
+            print(f"latency: {latency_jobs} rounds, interleaved over {names}", file=sys.stderr)
+            latency = bench_latency(root, scenarios, latency_jobs)
+            measurements = [(s, agents) for s in scenarios for agents in THROUGHPUT_AGENTS]
+            throughput: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for round_, jobs in enumerate(per_round):
+                for scenario, agents in measurements if round_ % 2 == 0 else measurements[::-1]:
+                    print(f"throughput round {round_ + 1}/{rounds}: {scenario.label}, {jobs} jobs, {agents} agent(s)",
+                          file=sys.stderr)
+                    run = bench_throughput(root, scenario, agents, jobs, round_)
+                    throughput.setdefault((scenario.label, agents), []).append(run)
+    except BaseException:
+        if pg is not None:
+            print(f"--- postgres server log (last lines) ---\n{pg.tail()}", file=sys.stderr)
+        raise
+    finally:
+        if pg is not None:
+            pg.stop()
+
+    rows: list[dict[str, Any]] = []
+    for scenario in scenarios:
+        lat, cross = latency[scenario.label]
+        runs = [combine(throughput[(scenario.label, agents)]) for agents in THROUGHPUT_AGENTS]
+        rows.append(row(scenario.backend, scenario.replicas, lat, cross, runs))
+        if scenario.backend == "sqlite":
+            results["latency"], results["throughput"] = lat, runs
+        else:
+            results.setdefault("scenarios", []).append({
+                "backend": scenario.backend, "replicas": scenario.replicas, "latency": lat,
+                "cross_replica_latency": cross, "throughput": runs})
+    results["table"] = rows
     results["duration_s"] = time.monotonic() - began
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
-    print(f"\n{results['machine']['cpu_count']} CPUs, Python {results['machine']['python']}, shoal "
-          f"{results['machine']['shoal']}, {results['machine']['database']}; {results['duration_s']:.0f} s; "
-          f"JSON: {args.json}")
-    ok = all(r["completed"] == r["jobs"] for r in results["throughput"])
+    print(table(rows))
+    info = results["machine"]
+    version = results.get("postgres", {}).get("settings", {}).get("server_version")
+    print(f"\n{info['cpu_count']} CPUs, Python {info['python']}, shoal {info['shoal']}"
+          f"{f', PostgreSQL {version}' if version else ''}; `{PUBLISHER}` publisher; latency interleaved, "
+          f"throughput in {rounds} round(s); {results['duration_s']:.0f} s; JSON: {args.json}")
+    ok = all(t["not_completed"] == 0 for r in rows for t in r["throughput"])
     return 0 if ok else 1
 
 
