@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from shoal.resources import parse_bytes, parse_cpu
 log = logging.getLogger("shoal.agent")
 
 PUBLISHERS = ("s3managed", "noop")
+INFO_REFRESH = 60.0  # seconds between polls that carry the node's info (engines, labels, capacity)
+RUNNING_AFTER = 0.5  # seconds a task runs before the agent reports it Running on its own; see _Running
 
 
 class Agent:
@@ -52,7 +55,7 @@ class Agent:
         self._inputs = InputFetcher(self._downloads, limit=settings.max_input_bytes,
                                     allowed=settings.allowed_local_paths)
         self._running: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}
-        self._slot_freed = asyncio.Event()
+        self._info_sent = -INFO_REFRESH  # monotonic time the node's info last went with a poll
         self._stopping = asyncio.Event()
 
     async def __aenter__(self) -> Agent:
@@ -140,19 +143,22 @@ class Agent:
                 self._start(assignment)
 
     async def _poll_once(self) -> dict[str, Any] | None:
-        """One long-poll; given up early (returns None) when a slot frees while the node was full."""
+        """One long-poll (None when the agent stops meanwhile). It says how many executions the node runs at once,
+        so the gateway counts the free slots itself: a slot that frees during the poll (the completion is on the
+        gateway) is filled by this same poll, with no need to drop it and ask again. What the node says about
+        itself goes along with the first poll and then every INFO_REFRESH seconds."""
         free = self.settings.slots - len(self._running)
-        self._slot_freed.clear()
-        info = await asyncio.to_thread(self._info)
+        info: dict[str, Any] = {"Slots": self.settings.slots}
+        if time.monotonic() - self._info_sent >= INFO_REFRESH:
+            info |= await asyncio.to_thread(self._info)
+            self._info_sent = time.monotonic()
         poll = asyncio.create_task(self._gateway.poll(info, list(self._running), free, self.poll_seconds))
-        waits: set[asyncio.Future[Any]] = {poll, asyncio.ensure_future(self._stopping.wait())}
-        if free == 0:  # a full node's poll can claim nothing, so dropping it loses nothing
-            waits.add(asyncio.ensure_future(self._slot_freed.wait()))
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for future in pending:
-            future.cancel()
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
         if poll in done:
             return poll.result()
+        poll.cancel()
         with contextlib.suppress(asyncio.CancelledError, GatewayError):
             await poll
         return None
@@ -175,7 +181,6 @@ class Agent:
 
         def finished(_: asyncio.Task[None]) -> None:
             self._running.pop(execution_id, None)
-            self._slot_freed.set()
 
         task.add_done_callback(finished)
 
@@ -215,6 +220,7 @@ class Agent:
         spec = assignment["Task"]
         worker: asyncio.Future[int] | None = None
         shipper: LogShipper | None = None
+        running: _Running | None = None
         try:
             executor = self.executors.get(run.engine)
             if executor is None:
@@ -222,17 +228,22 @@ class Agent:
             run.create([(r["Name"], r["Path"]) for r in spec.get("ResultPaths") or []])
             await self._inputs.fetch_all(run, spec.get("InputSources") or [], partition=assignment["PartitionIndex"],
                                          partitions=assignment["PartitionCount"])
-            await self._gateway.status(execution_id, "Running")
+            published = (spec.get("Publisher") or {}).get("Type", "s3managed") == "s3managed"
             shipper = LogShipper(self._gateway, execution_id, {"stdout": run.stdout_path, "stderr": run.stderr_path})
             shipper.start()
+            started = time.time_ns()
+            # Results to publish take a while after the task: say Running at once (without waiting for the answer)
+            running = _Running(self._gateway, execution_id, 0.0 if published else RUNNING_AFTER)
             worker = asyncio.ensure_future(asyncio.to_thread(executor.run, run, cancel))
             exit_code = await asyncio.shield(worker)
-            await shipper.close()
+            reported = await running.settle()
             (run.results_dir / "exitCode").write_text(str(exit_code))
-            published = (spec.get("Publisher") or {}).get("Type", "s3managed") == "s3managed"
+            logs = await shipper.finish() if not published else []
             if published:
+                await shipper.close()
                 await publish(self._gateway, execution_id, run.results_dir, run.root)
-            await self._gateway.complete(execution_id, _outcome(run, exit_code) | {"Published": published})
+            await self._gateway.complete(execution_id, _outcome(run, exit_code) | {
+                "Published": published, "Logs": logs, "StartTime": 0 if reported else started})
             log.info("execution %s completed with exit code %d", execution_id, exit_code)
         except asyncio.CancelledError:
             cancel.set()
@@ -249,6 +260,8 @@ class Agent:
             with contextlib.suppress(AgentError):
                 await self._gateway.fail(execution_id, message)
         finally:
+            if running is not None:
+                running.drop()
             if shipper is not None:
                 with contextlib.suppress(Exception):
                     await shipper.close()
@@ -262,6 +275,39 @@ class Agent:
     async def _shutdown(self) -> None:
         self._cancel_all()
         await asyncio.gather(*(task for task, _ in self._running.values()), return_exceptions=True)
+
+
+class _Running:
+    """Tells the gateway an execution runs once it has run for `after` seconds. A shorter task is reported
+    Running by its completion, which carries its start time: one request fewer on the way of every short task,
+    and its start is not held up by a round trip."""
+
+    def __init__(self, gateway: GatewayClient, execution_id: str, after: float) -> None:
+        self._gateway, self._execution_id = gateway, execution_id
+        self._sending = False
+        self._task = asyncio.create_task(self._report(after))
+
+    async def _report(self, after: float) -> None:
+        if after:
+            await asyncio.sleep(after)
+        self._sending = True
+        try:
+            await self._gateway.status(self._execution_id, "Running")
+        except GatewayError as exc:  # the completion will say so instead
+            log.warning("could not report %s as Running: %s", self._execution_id, exc)
+            self._sending = False
+
+    async def settle(self) -> bool:
+        """Stop waiting to report (a report on its way is let finish); whether the gateway was told."""
+        if not self._sending:
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self._sending
+
+    def drop(self) -> None:
+        """The execution ended otherwise (failed, cancelled): report nothing more."""
+        self._task.cancel()
 
 
 def _head(path: Path, limit: int = 2048) -> tuple[str, bool]:

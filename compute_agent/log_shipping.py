@@ -17,6 +17,7 @@ log = logging.getLogger("shoal.agent.logs")
 INTERVAL = 0.25
 MAX_CHUNK = 32 << 10
 MAX_BATCH = 256 << 10  # characters per request: well inside the gateway's body limit, even JSON-escaped
+MAX_INLINE = 32 << 10  # characters the completion may carry instead of a request of their own
 
 
 class _Tail:
@@ -55,10 +56,25 @@ class LogShipper:
 
     async def close(self) -> None:
         """Stop tailing (letting a request in flight finish) and ship what is left."""
+        await self._stop()
+        await self._ship(final=True)
+
+    async def finish(self) -> list[dict[str, object]]:
+        """Stop tailing and hand back what is left, for the completion to carry, when it is at most MAX_INLINE
+        characters (a short task's whole output, usually); anything more is shipped as `close()` ships it."""
+        await self._stop()
+        for tail in self._tails.values():
+            tail.read(final=True)
+        if self._refused or sum(len(tail.pending) for tail in self._tails.values()) > MAX_INLINE:
+            await self._ship(final=True)
+            return []
+        return self._batch()
+
+    async def _stop(self) -> None:
         self._closing.set()
         if self._task is not None:
             await self._task
-        await self._ship(final=True)
+            self._task = None
 
     async def _run(self) -> None:
         while not self._closing.is_set():

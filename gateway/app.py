@@ -11,8 +11,8 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import (
@@ -96,7 +96,8 @@ def create_app(settings: Settings) -> Starlette:
             *openapi.routes,
             *agent_api.routes,
         ],
-        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, ClientDisconnect: _gone,
+                            Exception: _server_error},
         lifespan=lifespan,
     )
     app.state.services = svc
@@ -120,6 +121,12 @@ async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return _error(request, exc.status_code, str(exc.detail), "HTTPError")
+
+
+async def _gone(request: Request, exc: Exception) -> Response:
+    """The client went away before its request was read (an agent dropping a poll): nothing to answer, nothing
+    went wrong."""
+    return Response(status_code=499)
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:

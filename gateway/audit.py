@@ -17,8 +17,7 @@ class AuditLog:
 
     def record(self, actor: str, action: str, target: str, *, namespace: str = "", detail: str = "") -> None:
         with Session(self.engine) as session, session.begin():
-            session.add(AuditRecord(time=now_ns(), actor=actor, action=action, target=target, namespace=namespace,
-                                    detail=detail[:1024]))
+            session.add(entry(actor, action, target, namespace=namespace, detail=detail))
 
     def read(self, *, after: int = 0, limit: int = 100, actor: str = "", action: str = "") -> list[AuditRecord]:
         """Entries after sequence number `after`, oldest first."""
@@ -29,3 +28,9 @@ class AuditLog:
             query = query.where(col(AuditRecord.action) == action)
         with Session(self._reader, expire_on_commit=False) as session, session.begin():
             return list(session.exec(query.order_by(col(AuditRecord.seq)).limit(limit)).all())
+
+
+def entry(actor: str, action: str, target: str, *, namespace: str = "", detail: str = "") -> AuditRecord:
+    """An audit record, for `AuditLog.record` or for a transaction that writes it along with what it records."""
+    return AuditRecord(time=now_ns(), actor=actor, action=action, target=target, namespace=namespace,
+                       detail=detail[:1024])

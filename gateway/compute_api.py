@@ -18,8 +18,9 @@ from starlette.routing import Route
 
 from gateway.auth import check_join_token
 from gateway.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
+from gateway.log_store import parse_chunks, storable
 from gateway.models import ExecutionState
-from gateway.services import Services, bearer, calling_node, read_json, services, storable
+from gateway.services import Services, bearer, calling_node, read_json, services
 from gateway.store import Claimed, NodeInfo, RunOutcome
 from gateway.uploads_api import with_input_urls
 
@@ -95,9 +96,8 @@ async def poll(request: Request) -> Response:
     running = body.get("Running") or []
     if not isinstance(running, list) or not all(isinstance(r, str) for r in running):
         raise BadRequest("Running: must be a list of execution IDs")
-    free, wait = body.get("FreeSlots", 0), body.get("Wait", svc.settings.poll_seconds)
-    if isinstance(free, bool) or not isinstance(free, int) or not 0 <= free <= 10_000:
-        raise BadRequest("FreeSlots: must be a whole number between 0 and 10000")
+    free, wait = _count(body, "FreeSlots", 0), body.get("Wait", svc.settings.poll_seconds)
+    slots = _count(body, "Slots", None)
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < float("inf"):
         raise BadRequest("Wait: must be a number of seconds")
     wait = min(float(wait), svc.settings.poll_seconds)
@@ -108,7 +108,7 @@ async def poll(request: Request) -> Response:
     while True:
         signal = svc.work.current()
         cancel = await run_in_threadpool(svc.store.stopped_among, node.id, running)
-        claimed = await run_in_threadpool(svc.store.claim, node, free)
+        claimed = await run_in_threadpool(svc.store.claim, node, free if slots is None else slots, slots=slots)
         if claimed or cancel:
             return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Cancel": cancel})
         remaining = deadline - loop.time()
@@ -116,6 +116,16 @@ async def poll(request: Request) -> Response:
             return Response(status_code=204)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(signal.wait(), remaining)
+
+
+def _count(body: dict[str, Any], name: str, default: int | None) -> Any:
+    """A number of execution slots from a poll's body, `default` when it has none."""
+    if name not in body:
+        return default
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+        raise BadRequest(f"{name}: must be a whole number between 0 and 10000")
+    return value
 
 
 async def status(request: Request) -> JSONResponse:
@@ -161,6 +171,11 @@ async def complete(request: Request) -> JSONResponse:
     execution_id = request.path_params["id"]
     outcome = _outcome(body)
     published = bool(body.get("Published"))
+    chunks = parse_chunks(body.get("Logs"), "Logs")
+    if chunks:  # the last of its logs, which a short task's agent sends along with the completion
+        kept, _ = await run_in_threadpool(svc.logs.append, node.id, execution_id, chunks)
+        if kept:
+            svc.new_logs.notify()
     if published:
         execution = await run_in_threadpool(svc.store.upload_of, node.id, execution_id)
         problem = await _check_upload(svc, execution.result_key, execution.upload_size, execution.upload_sha256)
@@ -177,8 +192,12 @@ def _outcome(body: dict[str, Any]) -> RunOutcome:
     exit_code = body.get("ExitCode")
     if isinstance(exit_code, bool) or not isinstance(exit_code, int) or not -2**31 <= exit_code < 2**31:
         raise BadRequest("ExitCode: must be a whole number (a 32-bit exit status)")
+    started = body.get("StartTime", 0)
+    if isinstance(started, bool) or not isinstance(started, int) or not 0 <= started < 2**63:
+        raise BadRequest("StartTime: must be a time in nanoseconds since the Unix epoch")
     return RunOutcome(
         exit_code=exit_code,
+        started=started,
         stdout=storable(str(body.get("Stdout", ""))),
         stderr=storable(str(body.get("Stderr", ""))),
         stdout_truncated=bool(body.get("StdoutTruncated")),

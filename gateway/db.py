@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -236,8 +237,15 @@ def _refusal(engine: Engine, status: SchemaStatus) -> ConfigurationError:
 
 def _tune_sqlite(engine: Engine) -> None:
     # pysqlite's own transaction handling defers BEGIN; take control so each writing transaction takes the
-    # write lock up front (BEGIN IMMEDIATE) and concurrent writers wait on busy_timeout instead of failing
-    # on a lock upgrade. Reads (an engine with READ_ONLY options) begin DEFERRED and run beside writers.
+    # write lock up front (BEGIN IMMEDIATE) and concurrent writers wait instead of failing on a lock upgrade.
+    # Reads (an engine with READ_ONLY options) begin DEFERRED and run beside writers.
+    #
+    # Writers of this process queue on `writing` before BEGIN IMMEDIATE, and the lock passes on as soon as
+    # COMMIT or ROLLBACK has run: SQLite's own busy handler would instead let them poll the lock with sleeps
+    # that grow to 100 ms. busy_timeout still covers writers in other processes (`shoal db`, a second gateway).
+    writing = threading.Lock()
+    holder = "shoal_write_lock"
+
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
@@ -249,5 +257,27 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        connection.exec_driver_sql(f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}")
+    def _begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        if mode == "IMMEDIATE" and not connection.info.get(holder):
+            writing.acquire()
+            connection.info[holder] = True
+        try:
+            connection.exec_driver_sql(f"BEGIN {mode}")
+        except BaseException:
+            _end(connection, "ROLLBACK")
+            raise
+
+    def _end(connection: Connection, statement: str) -> None:
+        """Run COMMIT or ROLLBACK here (pysqlite's own commit() then finds no transaction and does nothing), so
+        that the write lock is handed on only once the transaction is over."""
+        try:
+            dbapi_connection = connection.connection.dbapi_connection
+            if dbapi_connection is not None and dbapi_connection.in_transaction:
+                dbapi_connection.execute(statement)
+        finally:
+            if connection.info.pop(holder, False):
+                writing.release()
+
+    event.listen(engine, "commit", lambda connection: _end(connection, "COMMIT"))
+    event.listen(engine, "rollback", lambda connection: _end(connection, "ROLLBACK"))

@@ -35,9 +35,8 @@ async def submit(request: Request) -> JSONResponse:
     job, warnings, force = _parse(body, bare=content_type in _YAML_TYPES)
     _place_in_namespace(request, job)
     await run_in_threadpool(check_managed_inputs, svc, job)
-    record = await run_in_threadpool(svc.store.submit, job, force=force)
+    record = await run_in_threadpool(svc.store.submit, job, force=force, actor=principal(request).name)
     svc.work.notify()
-    await _audit(request, "job.submit", record, f"version {record.version}")
     return JSONResponse({"JobID": record.id, "JobVersion": record.version, "EvaluationID": "",
                          "Warnings": warnings})
 

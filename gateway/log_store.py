@@ -10,11 +10,12 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from gateway.db import READ_ONLY
-from gateway.errors import Conflict, NotFound
+from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.models import ACTIVE_EXECUTION_STATES, ExecutionRecord, LogChunkRecord
 from gateway.store import now_ns
 
 STREAMS = ("stdout", "stderr")
+MAX_CHUNK_CHARS = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,32 @@ class Chunk:
     stream: str
     offset: int
     data: str
+
+
+def storable(text: str) -> str:
+    """Text a task wrote, as every database keeps it: NUL (which PostgreSQL's text refuses) becomes U+FFFD,
+    one character for one, so log offsets still count the same."""
+    return text.replace("\x00", "\ufffd")
+
+
+def parse_chunks(raw: object, where: str = "Chunks") -> list[Chunk]:
+    """`[{Stream, Offset, Data}]` as an agent sends it, offsets counted in characters of each stream."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise BadRequest(f"{where}: must be a list of log chunks")
+    chunks = []
+    for index, item in enumerate(raw):
+        at = f"{where}[{index}]"
+        if not isinstance(item, dict) or item.get("Stream") not in STREAMS:
+            raise BadRequest(f"{at}.Stream: must be stdout or stderr")
+        offset, data = item.get("Offset"), item.get("Data")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**53:
+            raise BadRequest(f"{at}.Offset: must be a whole number below 2^53")
+        if not isinstance(data, str) or len(data) > MAX_CHUNK_CHARS:
+            raise BadRequest(f"{at}.Data: must be text of at most {MAX_CHUNK_CHARS} characters")
+        chunks.append(Chunk(item["Stream"], offset, storable(data)))
+    return chunks
 
 
 class LogStore:

@@ -22,11 +22,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.auth import visible_namespace
 from gateway.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge
-from gateway.log_store import STREAMS, Chunk
+from gateway.log_store import STREAMS, parse_chunks
 from gateway.models import ExecutionRecord, ExecutionState
-from gateway.services import Services, calling_node, query_int, read_json, services, storable
+from gateway.services import Services, calling_node, query_int, read_json, services
 
-MAX_CHUNK_CHARS = 64 << 10
 LINE_TYPES = {"stdout": 1, "stderr": 2}
 _PREFERRED = (ExecutionState.RUNNING, ExecutionState.PUBLISHING, ExecutionState.BID_ACCEPTED,
               ExecutionState.COMPLETED)
@@ -37,17 +36,7 @@ async def append(request: Request) -> JSONResponse:
     svc = services(request)
     node = await calling_node(request)
     body = await read_json(request, limit=2 << 20)
-    chunks = []
-    for index, raw in enumerate(body.get("Chunks") or []):
-        where = f"Chunks[{index}]"
-        if not isinstance(raw, dict) or raw.get("Stream") not in STREAMS:
-            raise BadRequest(f"{where}.Stream: must be stdout or stderr")
-        offset, data = raw.get("Offset"), raw.get("Data")
-        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**53:
-            raise BadRequest(f"{where}.Offset: must be a whole number below 2^53")
-        if not isinstance(data, str) or len(data) > MAX_CHUNK_CHARS:
-            raise BadRequest(f"{where}.Data: must be text of at most {MAX_CHUNK_CHARS} characters")
-        chunks.append(Chunk(raw["Stream"], offset, storable(data)))
+    chunks = parse_chunks(body.get("Chunks"))
     kept, capped = await run_in_threadpool(svc.logs.append, node.id, request.path_params["id"], chunks)
     if kept:
         svc.new_logs.notify()

@@ -340,6 +340,10 @@ def _record_schemas() -> dict[str, Schema]:
             "Version": _str(),
         }, description="What a compute node says about itself"),
         "PresignedRequest": _obj(_presigned_properties(), required=["URL", "Method", "Headers", "Key"]),
+        "LogChunk": _obj({
+            "Stream": _enum(["stdout", "stderr"]), "Offset": _int("Characters of the stream before it", minimum=0),
+            "Data": _str(maxLength=64 << 10),
+        }, required=["Stream", "Offset", "Data"]),
         "LogEntry": _obj({
             "Type": _int("1 for stdout, 2 for stderr", enum=[1, 2]), "Stream": _enum(["stdout", "stderr"]),
             "Line": _str(), "ExecutionID": _str(),
@@ -506,7 +510,9 @@ def _compute(paths: dict[str, dict[str, Schema]]) -> None:
                     "Wait seconds (at most the gateway's poll period) with 204.",
         body=_body({"allOf": [_ref("NodeInfo"), _obj({
             "Running": _strings("IDs of the executions the agent runs"),
-            "FreeSlots": _int("How many executions it may take now", minimum=0),
+            "FreeSlots": _int("How many executions it may take now", minimum=0, maximum=10_000),
+            "Slots": _int("How many executions the node runs at once: the gateway then counts its free slots "
+                          "itself, and fills one that frees while this poll waits", minimum=0, maximum=10_000),
             "Wait": _num("Seconds to wait for work (capped by the gateway)", minimum=0),
         }, description="NodeInfo fields update the node when Engines is present")]}),
         responses={
@@ -534,6 +540,9 @@ def _compute(paths: dict[str, dict[str, Schema]]) -> None:
         params=[_EXECUTION], body=_body(_obj({
             "ExitCode": _int(), "Stdout": _str(), "Stderr": _str(), "StdoutTruncated": _bool(),
             "StderrTruncated": _bool(), "Published": _bool("The results were uploaded"),
+            "StartTime": _int("When the task started (ns since the epoch), for an execution not reported Running "
+                              "before: the Running state is recorded at that time", minimum=0),
+            "Logs": _array(_ref("LogChunk"), "The last log chunks, sent along instead of on their own"),
         }, required=["ExitCode"]), required=True),
         responses={"200": _json("Recorded", _obj({}))})
     _op(paths, "POST", COMPUTE + "/executions/{id}/fail", "Report a system error that ended an execution",
@@ -545,10 +554,7 @@ def _compute(paths: dict[str, dict[str, Schema]]) -> None:
         "Agent protocol", "appendLogs", open_route=True, security=_NODE_SECURITY, errors=execution_errors,
         description="Offsets count characters of each stream; a chunk sent twice is stored once. Past the "
                     "execution's log limit the rest is dropped (413).",
-        params=[_EXECUTION], body=_body(_obj({"Chunks": _array(_obj({
-            "Stream": _enum(["stdout", "stderr"]), "Offset": _int(minimum=0),
-            "Data": _str(maxLength=64 << 10),
-        }, required=["Stream", "Offset", "Data"]))})),
+        params=[_EXECUTION], body=_body(_obj({"Chunks": _array(_ref("LogChunk"))})),
         responses={"200": _json("Characters stored", _obj({"Kept": _int(minimum=0)}, required=["Kept"]))})
 
 

@@ -88,9 +88,3 @@ def query_int(request: HTTPConnection, name: str, default: int, *, minimum: int 
     if not minimum <= value <= maximum:
         raise BadRequest(f"{name}: must be between {minimum} and {maximum}")
     return value
-
-
-def storable(text: str) -> str:
-    """Text a task wrote, as every database keeps it: NUL (which PostgreSQL's text refuses) becomes U+FFFD,
-    one character for one, so log offsets still count the same."""
-    return text.replace("\x00", "\ufffd")

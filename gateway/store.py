@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
-from gateway import claim, history, placement
+from gateway import audit, claim, history, placement
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from gateway.history import Topic
@@ -60,6 +60,7 @@ class RunOutcome:
     stderr: str = ""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    started: int = 0  # when the task started (ns), if the agent did not say so with a status update
 
 
 @dataclass(frozen=True)
@@ -108,32 +109,40 @@ class Store:
 
     # -- jobs -------------------------------------------------------------------------------------------
 
-    def submit(self, job: Job, *, force: bool = False) -> JobRecord:
+    def submit(self, job: Job, *, force: bool = False, actor: str = "") -> JobRecord:
         """Store a validated job and schedule it. A spec whose Name exists in the namespace becomes that job's
-        next version (its running executions are stopped); an unchanged spec is refused unless `force`."""
+        next version (its running executions are stopped); an unchanged spec is refused unless `force`. With an
+        `actor`, the audit log records the submission in the same transaction."""
         now = now_ns()
         spec = job.wire()
         with self._tx() as session:
-            existing = None
-            if job.Name:
-                existing = session.exec(select(JobRecord).where(
-                    col(JobRecord.namespace) == job.Namespace, col(JobRecord.name) == job.Name)).first()
-            if existing is not None:
-                if existing.type != job.Type:
-                    raise BadRequest(f"Type: job {job.Name} is a {existing.type} job; its type cannot change")
-                if existing.spec == spec and not force:
-                    raise BadRequest("no changes detected for new job spec",
-                                     hint="submit it with Force (shoal job run --force) to run it again")
-                self._new_version(session, existing, spec, "Job updated", now)
-                return existing
-            job_id = f"j-{uuid.uuid4()}"
-            record = JobRecord(id=job_id, namespace=job.Namespace, name=job.Name or job_id, type=job.Type,
-                               spec={}, create_time=now, modify_time=now)
-            self._set_spec(record, spec | {"Name": record.name})
-            session.add(record)
-            session.add(JobVersionRecord(job_id=job_id, version=1, spec=record.spec, create_time=now))
-            history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
-            self._schedule(session, record, now)
+            record = self._submit(session, job, spec, force, now)
+            if actor:
+                session.add(audit.entry(actor, "job.submit", record.id, namespace=record.namespace,
+                                        detail=f"version {record.version}"))
+        return record
+
+    def _submit(self, session: Session, job: Job, spec: dict[str, Any], force: bool, now: int) -> JobRecord:
+        existing = None
+        if job.Name:
+            existing = session.exec(select(JobRecord).where(
+                col(JobRecord.namespace) == job.Namespace, col(JobRecord.name) == job.Name)).first()
+        if existing is not None:
+            if existing.type != job.Type:
+                raise BadRequest(f"Type: job {job.Name} is a {existing.type} job; its type cannot change")
+            if existing.spec == spec and not force:
+                raise BadRequest("no changes detected for new job spec",
+                                 hint="submit it with Force (shoal job run --force) to run it again")
+            self._new_version(session, existing, spec, "Job updated", now)
+            return existing
+        job_id = f"j-{uuid.uuid4()}"
+        record = JobRecord(id=job_id, namespace=job.Namespace, name=job.Name or job_id, type=job.Type,
+                           spec={}, create_time=now, modify_time=now)
+        self._set_spec(record, spec | {"Name": record.name})
+        session.add(record)
+        session.add(JobVersionRecord(job_id=job_id, version=1, spec=record.spec, create_time=now))
+        history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
+        self._schedule(session, record, now)
         return record
 
     def rerun(self, namespace: str, ref: str, version: int = 0) -> JobRecord:
@@ -182,8 +191,9 @@ class Store:
         """Create the job's executions. With no node able to run it, the job fails at once with the reason
         for each node, or waits as Queued when it has a queue timeout."""
         needs = self.needs(record)
-        reasons = self._placement_reasons(session, needs)
-        if record.type in NODE_BOUND_TYPES:
+        bound = record.type in NODE_BOUND_TYPES
+        reasons = self._placement_reasons(session, needs, all_nodes=bound)
+        if bound:
             self._place_on_nodes(session, record, needs, reasons, now)
             return
         if record.count == 0:
@@ -228,13 +238,19 @@ class Store:
                 session.add(self._new_execution(job, needs, 0, attempt=1, now=now, node_id=node.id))
 
     @staticmethod
-    def _placement_reasons(session: Session, needs: Needs) -> dict[str, list[str]]:
-        """Why each connected, approved node could never run the task (judged on its whole capacity)."""
+    def _placement_reasons(session: Session, needs: Needs, *, all_nodes: bool = True) -> dict[str, list[str]]:
+        """Why each connected, approved node could never run the task (judged on its whole capacity); unless
+        `all_nodes`, only up to the first node that could (a node that fits is all scheduling needs to know)."""
         nodes = session.exec(select(NodeRecord).where(
             col(NodeRecord.membership) == NodeMembership.APPROVED,
             col(NodeRecord.connection) == NodeConnection.CONNECTED,
-        )).all()
-        return {n.id: placement.unsuitable(n, needs, Resources.from_capacity(n.capacity)) for n in nodes}
+        ))
+        reasons: dict[str, list[str]] = {}
+        for node in nodes:
+            reasons[node.id] = placement.unsuitable(node, needs, Resources.from_capacity(node.capacity))
+            if not reasons[node.id] and not all_nodes:
+                break
+        return reasons
 
     @staticmethod
     def _new_execution(job: JobRecord, needs: Needs, index: int, *, attempt: int, now: int,
@@ -301,7 +317,8 @@ class Store:
             query = query.where(func.lower(JobRecord.state) == state.lower())
         query = query.order_by(column.asc() if reverse else column.desc(), col(JobRecord.id))
         page: list[JobRecord] = []
-        batch = max(limit * 2, 50)
+        # A label filter drops rows, so read ahead; without one, one row past the page tells whether there is more.
+        batch = max(limit * 2, 50) if labels else limit + 1
         with self._read() as session:
             while True:
                 rows = list(session.exec(query.offset(offset).limit(batch)).all())
@@ -402,13 +419,14 @@ class Store:
 
     # -- claim and run ----------------------------------------------------------------------------------
 
-    def claim(self, node: NodeRecord, limit: int) -> list[Claimed]:
-        """Atomically assign up to `limit` waiting executions this node can run now."""
+    def claim(self, node: NodeRecord, limit: int, *, slots: int | None = None) -> list[Claimed]:
+        """Atomically assign up to `limit` waiting executions this node can run now (with `slots`, no more than
+        the node's slots its active executions leave free)."""
         if limit <= 0 or not node.engines or node.membership != NodeMembership.APPROVED:
             return []
         now = now_ns()
         with self._tx() as session:
-            executions = claim.choose(session, node.id, limit, self.needs)
+            executions = claim.choose(session, node.id, limit, self.needs, slots=slots)
             if not executions:
                 return []
             for execution in executions:
@@ -465,10 +483,14 @@ class Store:
             return self._assigned(session, node_id, execution_id)
 
     def complete(self, node_id: str, execution_id: str, outcome: RunOutcome, published: bool) -> None:
-        """The task ran (whatever its exit code) and its results, if any, are verified in the object store."""
+        """The task ran (whatever its exit code) and its results, if any, are verified in the object store. An
+        agent reports short tasks as Running only here: the Running state is then recorded at their start time."""
         now = now_ns()
         with self._tx() as session:
             execution = self._assigned(session, node_id, execution_id)
+            if execution.compute_state == ExecutionState.BID_ACCEPTED and outcome.started:
+                self._set_state(session, execution, ExecutionState.RUNNING, str(ExecutionState.RUNNING),
+                                now=min(max(outcome.started, execution.modify_time), now))
             execution.exit_code = outcome.exit_code
             execution.stdout, execution.stdout_truncated = _capped(outcome.stdout, outcome.stdout_truncated)
             execution.stderr, execution.stderr_truncated = _capped(outcome.stderr, outcome.stderr_truncated)
@@ -710,7 +732,8 @@ class Store:
         return rescheduled
 
     def stopped_among(self, node_id: str, running: Sequence[str]) -> list[str]:
-        """Which of the executions an agent runs it should stop: stopped, ended, or no longer its own."""
+        """Which of the executions an agent runs it should stop: stopped, ended (but not completed by the agent
+        itself), or no longer its own."""
         if not running:
             return []
         with self._read() as session:
@@ -722,7 +745,12 @@ class Store:
                     col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
                 )
             ).all()
-        return sorted(set(running) - set(keep))
+            gone = set(running) - set(keep)
+            if gone:  # those it completed itself it has already let go
+                gone -= set(session.exec(select(ExecutionRecord.id).where(
+                    col(ExecutionRecord.id).in_(list(gone)), col(ExecutionRecord.node_id) == node_id,
+                    col(ExecutionRecord.compute_state) == ExecutionState.COMPLETED)).all())
+        return sorted(gone)
 
 
 def _apply_info(node: NodeRecord, info: NodeInfo) -> None:

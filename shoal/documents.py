@@ -55,6 +55,8 @@ def load_document(text: str | bytes) -> Any:
         except ValueError:  # not JSON: YAML, which is slower to parse
             document = _load_yaml(text)
     except yaml.YAMLError as exc:
+        if "maximum nesting depth" in str(exc):  # libyaml's own limit (PyYAML 6.0.4 on), met while scanning ahead
+            raise SpecError("", f"the spec is nested more than {MAX_DEPTH} deep") from None
         raise SpecError("", f"the spec is not valid JSON or YAML: {exc}") from exc
     except RecursionError:
         raise SpecError("", "the spec is nested too deeply") from None

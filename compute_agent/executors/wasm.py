@@ -115,13 +115,15 @@ class WasmExecutor:
 class _OutputPipe:
     """A FIFO that stands in for one output stream of the module: a thread copies what the module writes to
     `path` as it comes (the agent's log shipper tails it), keeping at most `cap` bytes, as Docker tasks do.
-    A write returns once its bytes are in the pipe, so when the module has returned, `close()` drains the rest."""
+    A write returns once its bytes are in the pipe, so when the module has returned, `close()` drains the rest;
+    it wakes the copying thread at once (a byte on a second pipe) instead of letting it finish a wait."""
 
     def __init__(self, path: Path, cap: int) -> None:
         self.path, self.cap = path, cap
         self.fifo = path.with_name(f".{path.name}.fifo")
         os.mkfifo(self.fifo, 0o600)
         self._fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that wasmtime's open for writing returns
+        self._wake_r, self._wake_w = os.pipe()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._copy, daemon=True)
         self._thread.start()
@@ -143,14 +145,16 @@ class _OutputPipe:
                 elif stopping:
                     return
                 elif data is None:
-                    select.select([self._fd], [], [], 0.05)
-                else:  # no writer yet, or it has closed
-                    self._stop.wait(0.05)
+                    select.select([self._fd, self._wake_r], [], [])
+                else:  # no writer yet, or it has closed: the FIFO reads as EOF until one opens it
+                    select.select([self._wake_r], [], [], 0.05)
 
     def close(self) -> None:
         self._stop.set()
+        os.write(self._wake_w, b"x")
         self._thread.join()
-        os.close(self._fd)
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            os.close(fd)
         self.fifo.unlink(missing_ok=True)
 
 
