@@ -7,7 +7,6 @@ executions assigned to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from typing import Any
 
@@ -19,7 +18,7 @@ from starlette.routing import Route
 from gateway.auth import check_join_token
 from gateway.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
 from gateway.log_store import parse_chunks, storable
-from gateway.models import ExecutionState
+from gateway.models import ExecutionState, NodeRecord
 from gateway.services import Services, bearer, calling_node, read_json, services
 from gateway.store import Claimed, NodeInfo, RunOutcome
 from gateway.uploads_api import with_input_urls
@@ -62,8 +61,7 @@ async def register(request: Request) -> JSONResponse:
         svc.auth.limiter.fail(client)
         raise Unauthorized("a valid join token is needed to register a node (shoal agent --token)")
     info = _node_info(await read_json(request))
-    node, credential = await run_in_threadpool(svc.store.register_node, info)
-    svc.work.notify()
+    node, credential = await run_in_threadpool(svc.store.register_node, info)  # its first poll finds its work
     return JSONResponse({
         "NodeID": node.id,
         "Credential": credential,
@@ -105,17 +103,19 @@ async def poll(request: Request) -> Response:
     node = await run_in_threadpool(svc.store.heartbeat, node.id, info, running, free)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    while True:
-        signal = svc.work.current()
-        cancel = await run_in_threadpool(svc.store.stopped_among, node.id, running)
-        claimed = await run_in_threadpool(svc.store.claim, node, free if slots is None else slots, slots=slots)
-        if claimed or cancel:
-            return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Cancel": cancel})
-        remaining = deadline - loop.time()
-        if remaining <= 0 or await request.is_disconnected():
-            return Response(status_code=204)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(signal.wait(), remaining)
+    with svc.work.waiting(node.id, node.engines) as waiter:
+        while True:
+            waiter.arm()
+            cancel = await run_in_threadpool(svc.store.stopped_among, node.id, running)
+            claimed = await run_in_threadpool(svc.store.claim, node, free if slots is None else slots, slots=slots)
+            if claimed or cancel:
+                waiter.took_work()
+                return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Cancel": cancel})
+            waiter.found_nothing()
+            remaining = deadline - loop.time()
+            if remaining <= 0 or await request.is_disconnected():
+                return Response(status_code=204)
+            await waiter.wait(remaining)
 
 
 def _count(body: dict[str, Any], name: str, default: int | None) -> Any:
@@ -180,12 +180,22 @@ async def complete(request: Request) -> JSONResponse:
         execution = await run_in_threadpool(svc.store.upload_of, node.id, execution_id)
         problem = await _check_upload(svc, execution.result_key, execution.upload_size, execution.upload_sha256)
         if problem:
-            await run_in_threadpool(svc.store.fail, node.id, execution_id, f"publish failed: {problem}")
-            svc.work.notify()
+            rescheduled = await run_in_threadpool(svc.store.fail, node.id, execution_id,
+                                                  f"publish failed: {problem}")
+            _failed(svc, node, rescheduled)
             raise Conflict(f"publish failed: {problem}")
     await run_in_threadpool(svc.store.complete, node.id, execution_id, outcome, published)
-    svc.work.notify()
+    svc.work.notify(nodes=[node.id])  # its slot is free: its waiting poll may fill it
     return JSONResponse({})
+
+
+def _failed(svc: Services, node: NodeRecord, rescheduled: bool) -> None:
+    """An execution of `node` failed: its slot is free, and a retry is new work for the engines it runs; without
+    one, the job may have failed, and its other executions are to be stopped wherever they run."""
+    if rescheduled:
+        svc.work.notify(nodes=[node.id], engines=node.engines, count=1)
+    else:
+        svc.work.notify()
 
 
 def _outcome(body: dict[str, Any]) -> RunOutcome:
@@ -224,7 +234,7 @@ async def fail(request: Request) -> JSONResponse:
     body = await read_json(request)
     message = storable(str(body.get("Message") or "the agent reported a failure"))[:4096]
     rescheduled = await run_in_threadpool(svc.store.fail, node.id, request.path_params["id"], message)
-    svc.work.notify()
+    _failed(svc, node, rescheduled)
     return JSONResponse({"Rescheduled": rescheduled})
 
 

@@ -18,12 +18,12 @@ from gateway.auth import principal, visible_namespace
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.models import ExecutionState, JobRecord
 from gateway.redaction import redact_spec
-from gateway.services import query_int, read_body, read_json, services
+from gateway.services import Services, query_int, read_body, read_json, services
 from gateway.uploads_api import check_managed_inputs
 from shoal.documents import load_document
 from shoal.errors import SpecError
 from shoal.selector import parse_selector
-from shoal.spec import Job, parse_job
+from shoal.spec import NODE_BOUND_TYPES, Job, parse_job
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
@@ -36,9 +36,19 @@ async def submit(request: Request) -> JSONResponse:
     _place_in_namespace(request, job)
     await run_in_threadpool(check_managed_inputs, svc, job)
     record = await run_in_threadpool(svc.store.submit, job, force=force, actor=principal(request).name)
-    svc.work.notify()
+    _announce(svc, record)
     return JSONResponse({"JobID": record.id, "JobVersion": record.version, "EvaluationID": "",
                          "Warnings": warnings})
+
+
+def _announce(svc: Services, job: JobRecord) -> None:
+    """Wake as many waiting polls of nodes with the job's engine as it has executions to take (all of them for
+    an ops or daemon job, whose executions are each bound to a node), and the polls that carry the stops of the
+    version it replaced."""
+    engine = str(job.spec["Tasks"][0]["Engine"]["Type"])
+    svc.work.notify(engines=[engine], count=None if job.type in NODE_BOUND_TYPES else job.count)
+    if job.version > 1:
+        svc.work.notify()
 
 
 def _place_in_namespace(request: Request, job: Job) -> None:
@@ -182,7 +192,7 @@ async def rerun(request: Request) -> JSONResponse:
     if not isinstance(version, int) or not 0 <= version < 2**31:
         raise BadRequest("JobVersion: must be a version number")
     job = await run_in_threadpool(svc.store.rerun, visible_namespace(request), request.path_params["ref"], version)
-    svc.work.notify()
+    _announce(svc, job)
     await _audit(request, "job.rerun", job, f"version {job.version}")
     return JSONResponse({"JobID": job.id, "JobVersion": job.version, "EvaluationID": "", "Warnings": []})
 

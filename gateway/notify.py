@@ -5,46 +5,132 @@ LISTEN/NOTIFY (`PgRelay`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 log = logging.getLogger("shoal.gateway.notify")
+COALESCE = 64  # distinct wake-ups a relay sends at once; past that, one that wakes everything
+
+
+class Waiter:
+    """One waiting long-poll: the node it is for and the engines it runs."""
+
+    def __init__(self, node_id: str, engines: frozenset[str]) -> None:
+        self.node_id, self.engines = node_id, engines
+        self.event = asyncio.Event()
+        self.chain: _Chain | None = None  # the wake-up that woke it, to pass on when it found nothing
+
+    def arm(self) -> None:
+        """Before each look for work: a wake-up from now on ends the next wait."""
+        self.event.clear()
+
+    def took_work(self) -> None:
+        self.chain = None
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), timeout)
+
+    def found_nothing(self) -> None:
+        """It was woken for new work but could take none of it (a constraint it does not meet, or another poll
+        was quicker): the next waiter of that wake-up gets its turn."""
+        if self.chain is not None:
+            self.chain.advance(1)
+            self.chain = None
+
+
+class _Chain:
+    """The waiters one piece of new work may be for, longest waiting first; each is woken at most once."""
+
+    def __init__(self, waiters: list[Waiter]) -> None:
+        self.waiters, self.next = waiters, 0
+
+    def advance(self, count: int) -> None:
+        while count > 0 and self.next < len(self.waiters):
+            waiter = self.waiters[self.next]
+            self.next += 1
+            if not waiter.event.is_set():
+                waiter.chain = self
+                waiter.event.set()
+                count -= 1
 
 
 class WorkSignal:
-    """A broadcast within one process: take `current()` before looking for work, then wait on it.
-    `notify()` also tells the other replicas when a relay is attached; `wake()` is local only."""
+    """Wake-ups within one process, also passed to the other replicas when a relay is attached.
+
+    Long-polls wait as `Waiter`s (`waiting()`) and are woken by what concerns them: new work for their engines
+    (`notify(engines=…, count=n)` wakes the n longest-waiting polls that run one of them, and each woken poll
+    that finds nothing passes its turn on, so work that only some nodes may take still reaches them), or news
+    for their node (`notify(nodes=…)`: a slot freed, an execution to cancel). `notify()` with neither wakes
+    every poll. Log followers take `current()` before they look, then wait on it; every notify sets it.
+    """
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self._event = asyncio.Event()
-        self.relay: Callable[[str], None] | None = None
+        self._waiters: dict[Waiter, None] = {}  # in the order they started waiting
+        self.relay: Callable[[str, str], None] | None = None
 
     def current(self) -> asyncio.Event:
         return self._event
 
-    def wake(self) -> None:
+    @contextlib.contextmanager
+    def waiting(self, node_id: str, engines: Iterable[str]) -> Iterator[Waiter]:
+        waiter = Waiter(node_id, frozenset(engines))
+        self._waiters[waiter] = None
+        try:
+            yield waiter
+        finally:
+            del self._waiters[waiter]
+            waiter.found_nothing()  # a wake-up it got but did not act on goes to the next one
+
+    def notify(self, *, engines: Iterable[str] = (), count: int | None = None, nodes: Iterable[str] = ()) -> None:
+        engines, nodes = sorted(set(engines)), sorted(set(nodes))
+        self.wake(engines, count, nodes)
+        if self.relay is not None:
+            payload = json.dumps({"e": engines, "c": count, "n": nodes}) if engines or nodes else ""
+            self.relay(self.channel, payload)
+
+    def receive(self, payload: str) -> None:
+        """A wake-up from another replica (or, empty, one that wakes everything)."""
+        try:
+            message = json.loads(payload) if payload else {}
+            engines, count, nodes = list(message.get("e") or []), message.get("c"), list(message.get("n") or [])
+        except (ValueError, AttributeError):
+            engines, count, nodes = [], None, []
+        self.wake(engines, count if isinstance(count, int) else None, nodes)
+
+    def wake(self, engines: list[str] | None = None, count: int | None = None, nodes: list[str] | None = None) -> None:
+        """Wake locally: see the class."""
         self._event.set()
         self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        self.wake()
-        if self.relay is not None:
-            self.relay(self.channel)
+        if not engines and not nodes:
+            for waiter in self._waiters:
+                waiter.event.set()
+            return
+        for waiter in self._waiters:
+            if waiter.node_id in (nodes or ()):
+                waiter.event.set()
+        if engines:
+            wanted = set(engines)
+            chain = _Chain([w for w in self._waiters if w.engines & wanted and not w.event.is_set()])
+            chain.advance(len(chain.waiters) if count is None else count)
 
 
 class PgRelay:
-    """Carries signals between replicas: `send(channel)` queues a NOTIFY (sent by a thread, so the event loop
-    never waits on the database); a listener thread wakes the local signal of every NOTIFY it hears, and wakes
-    them all after it reconnects, since it may have missed some."""
+    """Carries signals between replicas: `send(channel, payload)` queues a NOTIFY (sent by a thread, so the event
+    loop never waits on the database); a listener thread hands every NOTIFY it hears to the local signal, and
+    wakes them all after it reconnects, since it may have missed some."""
 
     def __init__(self, dsn: str, signals: list[WorkSignal], loop: asyncio.AbstractEventLoop) -> None:
         self.dsn = dsn
         self.signals = {signal.channel: signal for signal in signals}
         self.loop = loop
-        self._outbox: queue.Queue[str | None] = queue.Queue()
+        self._outbox: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._listen, daemon=True, name="pg-listen"),
                          threading.Thread(target=self._send_loop, daemon=True, name="pg-notify")]
@@ -63,34 +149,36 @@ class PgRelay:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def send(self, channel: str) -> None:
-        self._outbox.put(channel)
+    def send(self, channel: str, payload: str = "") -> None:
+        self._outbox.put((channel, payload))
 
-    def _wake(self, channel: str | None = None) -> None:
+    def _wake(self, channel: str | None = None, payload: str = "") -> None:
         chosen = [self.signals[channel]] if channel in self.signals else list(self.signals.values())
         for signal in chosen:
-            self.loop.call_soon_threadsafe(signal.wake)
+            self.loop.call_soon_threadsafe(signal.receive, payload)
 
     def _send_loop(self) -> None:
         import psycopg
 
         connection: psycopg.Connection[tuple[object, ...]] | None = None
         while not self._stop.is_set():
-            channel = self._outbox.get()
-            if channel is None:
+            first = self._outbox.get()
+            if first is None:
                 break
-            pending = {channel}
-            while not self._outbox.empty():  # coalesce a burst into one NOTIFY per channel
+            pending = {first}
+            while not self._outbox.empty():  # coalesce a burst: each distinct wake-up once
                 more = self._outbox.get_nowait()
                 if more is None:
                     self._stop.set()
                     break
                 pending.add(more)
+            if len(pending) > COALESCE:  # a storm of wake-ups: one that wakes everything per channel does
+                pending = {(channel, "") for channel, _ in pending}
             try:
                 if connection is None or connection.closed:
                     connection = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
-                for name in pending:
-                    connection.execute("SELECT pg_notify(%s, '')", (name,))
+                for channel, payload in pending:
+                    connection.execute("SELECT pg_notify(%s, %s)", (channel, payload))
             except psycopg.Error as exc:
                 log.warning("could not notify the other replicas: %s", exc)
                 connection = None
@@ -108,7 +196,7 @@ class PgRelay:
                     self._wake()  # anything sent while this replica was not listening
                     while not self._stop.is_set():
                         for notice in connection.notifies(timeout=1.0):
-                            self._wake(notice.channel)
+                            self._wake(notice.channel, notice.payload)
             except psycopg.Error as exc:
                 if not self._stop.is_set():
                     log.warning("lost the database's notifications, listening again: %s", exc)
