@@ -1,8 +1,8 @@
 """Claiming: a polling node takes the waiting executions it may run now.
 
 Runs inside the store's transaction. The node's row is locked first, so two claims for one node never
-over-commit it; candidate executions are locked with SKIP LOCKED (PostgreSQL) or serialised by SQLite's
-write lock, so no execution is ever claimed twice.
+over-commit it; the executions it chooses are then locked with SKIP LOCKED where they still wait (PostgreSQL),
+or claims are serialised by SQLite's write lock, so no execution is ever claimed twice.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from gateway.placement import Needs, Resources, matches, unsuitable
 
 BATCH = 256  # waiting executions locked and looked at per query, oldest first
 SCAN_LIMIT = 4096  # at most this many per claim (which holds the write lock meanwhile on SQLite)
+ROUNDS = 8  # times a claim chooses again when claims on other replicas took what it chose (PostgreSQL)
+MAX_BUSY = 8  # jobs that do not fit the node's free resources now, after which a claim stops looking
+MAX_SKIPPED = 512  # jobs a claim passes over at most (each costs a query, and widens the next ones)
 
 
 def resources_of(execution: ExecutionRecord) -> Resources:
@@ -61,49 +64,111 @@ def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRe
         limit = min(limit, slots - len(active))
         if limit <= 0:
             return []
-    free = free_capacity(session, node, active)
-    chosen: list[ExecutionRecord] = []
-    skipped: set[str] = set()  # jobs this node cannot take now: their other executions are not looked at
-    for execution, needs in _candidates(session, node, needs_of, skipped, min(max(2 * limit, 32), BATCH)):
-        if unsuitable(node, needs, free) or (
-                not all(matches(p, node.labels) for p in needs.preferences)
-                and _preferred_elsewhere(session, node, needs)):
-            skipped.add(execution.job_id)
-            continue
-        chosen.append(execution)
-        free = free - needs.resources
-        if len(chosen) == limit:
+    scan = _Scan(session, node, needs_of, free_capacity(session, node, active))
+    taken: list[ExecutionRecord] = []
+    for _ in range(ROUNDS):
+        chosen = scan.pick(limit - len(taken))
+        locked = _locked(session, node, [execution for execution, _ in chosen.values()])
+        taken += locked
+        lost = chosen.keys() - {e.id for e in locked}
+        if not lost or len(taken) == limit or scan.done:
             break
-    return chosen
+        scan.lost(chosen, lost)
+    return taken
+
+
+class _Scan:
+    """The waiting executions one claim looks at, job by job, and what the node has left for them. A job the
+    node cannot take is passed over whole; the scan ends early once MAX_BUSY jobs did not fit only because the
+    node's resources are taken now (it is busy, not unsuited: looking further would mostly find more of the
+    same, at a query per job), or MAX_SKIPPED jobs were passed over."""
+
+    def __init__(self, session: Session, node: NodeRecord, needs_of: Callable[[JobRecord], Needs],
+                 free: Resources) -> None:
+        self.session, self.node, self.needs_of, self.free = session, node, needs_of, free
+        self.capacity = Resources.from_capacity(node.capacity)
+        self.skipped: set[str] = set()  # jobs this node cannot take now: their other executions are not looked at
+        self.seen: set[str] = set()  # executions taken by this claim, or first by a claim on another replica
+        self.busy = 0
+        self.done = False
+
+    def pick(self, wanted: int) -> dict[str, tuple[ExecutionRecord, Needs]]:
+        chosen: dict[str, tuple[ExecutionRecord, Needs]] = {}
+        node = self.node
+        for execution, needs in _candidates(self.session, node, self.needs_of, self.skipped, self.seen, wanted):
+            if unsuitable(node, needs, self.free) or (
+                    not all(matches(p, node.labels) for p in needs.preferences)
+                    and _preferred_elsewhere(self.session, node, needs)):
+                self.skipped.add(execution.job_id)
+                self.busy += not unsuitable(node, needs, self.capacity)
+                if self.busy >= MAX_BUSY or len(self.skipped) >= MAX_SKIPPED:
+                    self.done = True
+                    break
+                continue
+            chosen[execution.id] = (execution, needs)
+            self.free = self.free - needs.resources
+            if len(chosen) == wanted:
+                break
+        else:
+            self.done = True
+        return chosen
+
+    def lost(self, chosen: dict[str, tuple[ExecutionRecord, Needs]], lost: set[str]) -> None:
+        """Some of what it chose went to claims on other replicas: look again past them."""
+        self.seen |= chosen.keys()
+        for execution_id in lost:  # what it would have used is free again
+            self.free = self.free + chosen[execution_id][1].resources
+
+
+def _locked(session: Session, node: NodeRecord, chosen: list[ExecutionRecord]) -> list[ExecutionRecord]:
+    """Those of the chosen executions this claim could lock while they still wait: a claim on another replica
+    may have taken some meanwhile (PostgreSQL; SQLite's write lock serialises claims). Only chosen executions
+    are locked, so a claim never hides from the others work it does not take."""
+    if not chosen:
+        return []
+    ids = set(session.exec(
+        select(ExecutionRecord.id).where(
+            col(ExecutionRecord.id).in_([e.id for e in chosen]),
+            col(ExecutionRecord.compute_state) == ExecutionState.NEW,
+            col(ExecutionRecord.desired_state) == DesiredState.RUNNING,
+            col(ExecutionRecord.node_id).is_(None) | (col(ExecutionRecord.node_id) == node.id),
+        ).with_for_update(skip_locked=True)
+    ).all())
+    return [e for e in chosen if e.id in ids]
 
 
 def _candidates(session: Session, node: NodeRecord, needs_of: Callable[[JobRecord], Needs], skipped: set[str],
-                size: int) -> Iterator[tuple[ExecutionRecord, Needs]]:
+                seen: set[str], size: int) -> Iterator[tuple[ExecutionRecord, Needs]]:
     """Waiting executions the node may take and what their jobs need, oldest first, at most SCAN_LIMIT, but none
-    of the jobs in `skipped` (which the caller adds to). They are locked `size` at a time, skipping those another
-    claim holds (PostgreSQL; SQLite's write lock serialises claims anyway), so claims running at once on several
-    replicas take different executions."""
+    of the jobs in `skipped` (which the caller adds to) nor the executions in `seen`. They are read a batch at a
+    time (`size` first, as many as the claim wants, then twice as many each time up to BATCH), and a job's spec
+    once, when one of its executions comes up."""
     waiting = _waiting(node)
     needs_by_job: dict[str, Needs] = {}
     after: tuple[int, int, str] | None = None
     scanned = 0
     while scanned < SCAN_LIMIT:
         query = waiting.where(col(ExecutionRecord.job_id).not_in(skipped)) if skipped else waiting
+        if seen:
+            query = query.where(col(ExecutionRecord.id).not_in(seen))
         if after is not None:
             query = query.where(tuple_(col(ExecutionRecord.create_time), col(ExecutionRecord.partition_index),
                                        col(ExecutionRecord.id)) > after)
-        batch = session.exec(query.limit(size).with_for_update(skip_locked=True)).all()
+        batch = session.exec(query.limit(size)).all()
         if not batch:
             return
         scanned += len(batch)
+        size = min(2 * size, BATCH)
         after = (batch[-1].create_time, batch[-1].partition_index, batch[-1].id)
-        unknown = {e.job_id for e in batch} - needs_by_job.keys()
-        if unknown:
-            for job in session.exec(select(JobRecord).where(col(JobRecord.id).in_(unknown))):
-                needs_by_job[job.id] = needs_of(job)
         for execution in batch:
-            if execution.job_id not in skipped and execution.job_id in needs_by_job:
-                yield execution, needs_by_job[execution.job_id]
+            if execution.job_id in skipped:
+                continue
+            if execution.job_id not in needs_by_job:
+                job = session.get(JobRecord, execution.job_id)
+                if job is None:
+                    continue
+                needs_by_job[job.id] = needs_of(job)
+            yield execution, needs_by_job[execution.job_id]
 
 
 def _waiting(node: NodeRecord) -> SelectOfScalar[ExecutionRecord]:

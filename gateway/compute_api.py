@@ -100,14 +100,16 @@ async def poll(request: Request) -> Response:
         raise BadRequest("Wait: must be a number of seconds")
     wait = min(float(wait), svc.settings.poll_seconds)
     info = _node_info(body) if "Engines" in body else None
-    node = await run_in_threadpool(svc.store.heartbeat, node.id, info, running, free)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    with svc.work.waiting(node.id, node.engines) as waiter:
+    limit = free if slots is None else slots
+    # waiting (so that no wake-up is missed) before the first look: the heartbeat's transaction
+    with svc.work.waiting(node.id, info.engines if info else node.engines) as waiter:
+        beat = True
         while True:
             waiter.arm()
-            cancel = await run_in_threadpool(svc.store.stopped_among, node.id, running)
-            claimed = await run_in_threadpool(svc.store.claim, node, free if slots is None else slots, slots=slots)
+            node, cancel, claimed = await run_in_threadpool(svc.store.poll, node.id, running, limit=limit,
+                                                            slots=slots, beat=beat, info=info, free_slots=free)
             if claimed or cancel:
                 waiter.took_work()
                 return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Cancel": cancel})
@@ -116,6 +118,7 @@ async def poll(request: Request) -> Response:
             if remaining <= 0 or await request.is_disconnected():
                 return Response(status_code=204)
             await waiter.wait(remaining)
+            beat = False
 
 
 def _count(body: dict[str, Any], name: str, default: int | None) -> Any:
@@ -171,11 +174,7 @@ async def complete(request: Request) -> JSONResponse:
     execution_id = request.path_params["id"]
     outcome = _outcome(body)
     published = bool(body.get("Published"))
-    chunks = parse_chunks(body.get("Logs"), "Logs")
-    if chunks:  # the last of its logs, which a short task's agent sends along with the completion
-        kept, _ = await run_in_threadpool(svc.logs.append, node.id, execution_id, chunks)
-        if kept:
-            svc.new_logs.notify()
+    chunks = parse_chunks(body.get("Logs"), "Logs")  # the last of its logs, which come along for a short task
     if published:
         execution = await run_in_threadpool(svc.store.upload_of, node.id, execution_id)
         problem = await _check_upload(svc, execution.result_key, execution.upload_size, execution.upload_sha256)
@@ -184,8 +183,11 @@ async def complete(request: Request) -> JSONResponse:
                                                   f"publish failed: {problem}")
             _failed(svc, node, rescheduled)
             raise Conflict(f"publish failed: {problem}")
-    await run_in_threadpool(svc.store.complete, node.id, execution_id, outcome, published)
+    kept = await run_in_threadpool(svc.store.complete, node.id, execution_id, outcome, published, chunks,
+                                   svc.logs.max_bytes)
     svc.work.notify(nodes=[node.id])  # its slot is free: its waiting poll may fill it
+    if kept:
+        svc.new_logs.notify()
     return JSONResponse({})
 
 

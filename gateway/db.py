@@ -75,7 +75,11 @@ def make_engine(url: str) -> Engine:
 def new_engine(url: str) -> Engine:
     """An engine for `url`, tuned, with the schema as it is."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # A file database gets as many connections as the threads that use them (Starlette's pool has 40): past
+        # the pool's size, every transaction would open a connection (and set it up) and close it again.
+        pooled = {"pool_size": 48, "max_overflow": 16} if url.split("://", 1)[1].strip("/") not in ("", ":memory:") \
+            else {}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pooled)
         _tune_sqlite(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

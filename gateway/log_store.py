@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +13,6 @@ from sqlmodel import Session, col, select
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.models import ACTIVE_EXECUTION_STATES, ExecutionRecord, LogChunkRecord
-from gateway.store import now_ns
 
 STREAMS = ("stdout", "stderr")
 MAX_CHUNK_CHARS = 64 << 10
@@ -68,34 +68,13 @@ class LogStore:
     def append(self, node_id: str, execution_id: str, chunks: Sequence[Chunk]) -> tuple[int, bool]:
         """Store the chunks not stored yet, up to the execution's cap; returns the characters kept and whether
         the cap was reached."""
-        kept, capped = 0, False
         with self._tx() as session:
             execution = session.get(ExecutionRecord, execution_id)
             if execution is None or execution.node_id != node_id:
                 raise NotFound(f"execution {execution_id} is not assigned to this node")
             if execution.compute_state not in ACTIVE_EXECUTION_STATES:
                 raise Conflict(f"execution {execution_id} is {execution.compute_state}: no more logs")
-            stored = session.exec(
-                select(LogChunkRecord.stream, func.max(col(LogChunkRecord.offset) + func.length(LogChunkRecord.data)),
-                       func.sum(func.length(LogChunkRecord.data)))
-                .where(col(LogChunkRecord.execution_id) == execution_id)
-                .group_by(col(LogChunkRecord.stream))
-            ).all()
-            ends = {stream: int(end or 0) for stream, end, _ in stored}
-            total = sum(int(size or 0) for _, _, size in stored)
-            now = now_ns()
-            for chunk in chunks:
-                if chunk.offset + len(chunk.data) <= ends.get(chunk.stream, 0):
-                    continue  # already stored
-                data = chunk.data[: max(0, self.max_bytes - total)]
-                capped = capped or len(data) < len(chunk.data)
-                if data:
-                    session.add(LogChunkRecord(execution_id=execution_id, stream=chunk.stream, offset=chunk.offset,
-                                               data=data, time=now))
-                    ends[chunk.stream] = chunk.offset + len(data)
-                    total += len(data)
-                    kept += len(data)
-        return kept, capped
+            return store_chunks(session, execution_id, chunks, self.max_bytes)
 
     def read(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[LogChunkRecord]:
         with self._tx(read_only=True) as session:
@@ -104,3 +83,30 @@ class LogStore:
                 .where(col(LogChunkRecord.execution_id) == execution_id, col(LogChunkRecord.seq) > after)
                 .order_by(col(LogChunkRecord.seq)).limit(limit)
             ).all())
+
+
+def store_chunks(session: Session, execution_id: str, chunks: Sequence[Chunk], max_bytes: int) -> tuple[int, bool]:
+    """Add the chunks not stored yet to the session, up to `max_bytes` characters for the execution; returns the
+    characters kept and whether the cap was reached."""
+    kept, capped = 0, False
+    stored = session.exec(
+        select(LogChunkRecord.stream, func.max(col(LogChunkRecord.offset) + func.length(LogChunkRecord.data)),
+               func.sum(func.length(LogChunkRecord.data)))
+        .where(col(LogChunkRecord.execution_id) == execution_id)
+        .group_by(col(LogChunkRecord.stream))
+    ).all()
+    ends = {stream: int(end or 0) for stream, end, _ in stored}
+    total = sum(int(size or 0) for _, _, size in stored)
+    now = time.time_ns()
+    for chunk in chunks:
+        if chunk.offset + len(chunk.data) <= ends.get(chunk.stream, 0):
+            continue  # already stored
+        data = chunk.data[: max(0, max_bytes - total)]
+        capped = capped or len(data) < len(chunk.data)
+        if data:
+            session.add(LogChunkRecord(execution_id=execution_id, stream=chunk.stream, offset=chunk.offset,
+                                       data=data, time=now))
+            ends[chunk.stream] = chunk.offset + len(data)
+            total += len(data)
+            kept += len(data)
+    return kept, capped

@@ -1,8 +1,8 @@
 """The job and execution store: submit, claim, lease, complete, fail, and the housekeeping sweeps.
 
 Every method is one database transaction and is safe to call from several threads, processes or replicas:
-claims are a single `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING` (SQLite ignores
-the lock clause and serialises writers instead), and every state change checks the state it starts from.
+claims lock the node's row and then the executions they take with SKIP LOCKED (see gateway/claim.py; SQLite
+serialises writers instead), and every state change checks the state it starts from.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from gateway import audit, claim, history, placement
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from gateway.history import Topic
+from gateway.log_store import Chunk, store_chunks
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
     DesiredState,
@@ -40,6 +41,7 @@ from gateway.placement import Needs, Resources
 from shoal.spec import NODE_BOUND_TYPES, Job, JobType
 
 NODE_CREDENTIAL_PREFIX = "shoal_node_"
+NODE_CACHE_SECONDS = 1.0
 OUTPUT_CAP = 2048
 
 
@@ -94,6 +96,7 @@ class Store:
         self._reader = engine.execution_options(**READ_ONLY)
         self.lease_ns = int(lease_seconds * 1e9)
         self.max_attempts = max_attempts
+        self._nodes: dict[str, tuple[NodeRecord, float]] = {}  # credential digest: node, until (monotonic)
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -367,10 +370,18 @@ class Store:
         return node, credential
 
     def authenticate_node(self, credential: str) -> NodeRecord:
-        with self._read() as session:
-            node = session.exec(
-                select(NodeRecord).where(col(NodeRecord.credential_sha256) == _sha256(credential))
-            ).first()
+        """The node a credential belongs to. A node found is remembered for NODE_CACHE_SECONDS, so that an
+        agent's calls in quick succession do not each read it again (a rejected or deleted node's executions
+        fail at once, so it can finish nothing meanwhile)."""
+        digest = _sha256(credential)
+        cached = self._nodes.get(digest)
+        if cached is not None and cached[1] > time.monotonic():
+            node: NodeRecord | None = cached[0]
+        else:
+            with self._read() as session:
+                node = session.exec(select(NodeRecord).where(col(NodeRecord.credential_sha256) == digest)).first()
+            if node is not None:
+                self._nodes[digest] = (node, time.monotonic() + NODE_CACHE_SECONDS)
         if node is None:
             raise Unauthorized("unknown node credential; register the agent again")
         if node.membership == NodeMembership.REJECTED:
@@ -382,35 +393,53 @@ class Store:
 
     def heartbeat(self, node_id: str, info: NodeInfo | None, running: Sequence[str], free_slots: int = 0) -> NodeRecord:
         """Record a poll: node liveness and info, and lease renewal for the executions it still runs."""
-        now = now_ns()
         with self._tx() as session:
-            node = session.get(NodeRecord, node_id)
-            if node is None:
-                raise Unauthorized("unknown node; register the agent again")
-            node.last_heartbeat = now
-            returned = node.connection == NodeConnection.DISCONNECTED
-            node.connection = NodeConnection.CONNECTED
-            node.free_slots = free_slots
-            if info is not None:
-                _apply_info(node, info)
-            session.add(node)
-            if returned:
-                self._place_daemons(session, node, now)
-            mine = (col(ExecutionRecord.node_id) == node_id,
-                    col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES))
-            if running:
-                session.execute(
-                    update(ExecutionRecord)
-                    .where(col(ExecutionRecord.id).in_(list(running)), *mine)
-                    .values(lease_expires=now + self.lease_ns)
-                )
-            # executions it was told to stop and no longer runs have stopped
-            stopped = session.exec(
-                select(ExecutionRecord).where(col(ExecutionRecord.id).not_in(list(running)), *mine,
-                                              col(ExecutionRecord.desired_state) == DesiredState.STOPPED)
-            ).all()
-            for execution in stopped:
-                self._set_state(session, execution, ExecutionState.CANCELLED, execution.state_message, now=now)
+            return self._heartbeat(session, node_id, info, running, free_slots, now_ns())
+
+    def poll(self, node_id: str, running: Sequence[str], *, limit: int, slots: int | None = None,
+             beat: bool = True, info: NodeInfo | None = None,
+             free_slots: int = 0) -> tuple[NodeRecord, list[str], list[Claimed]]:
+        """What a poll does, in one transaction: the heartbeat (when `beat`), the executions the node should
+        stop (`stopped_among`) and the ones it takes now (`claim`)."""
+        with self._tx() as session:
+            if beat:
+                node = self._heartbeat(session, node_id, info, running, free_slots, now_ns())
+            else:
+                found = session.get(NodeRecord, node_id)
+                if found is None:
+                    raise Unauthorized("unknown node; register the agent again")
+                node = found
+            return node, self._stopped_among(session, node_id, running), self._claim(session, node, limit, slots)
+
+    def _heartbeat(self, session: Session, node_id: str, info: NodeInfo | None, running: Sequence[str],
+                   free_slots: int, now: int) -> NodeRecord:
+        node = session.get(NodeRecord, node_id)
+        if node is None:
+            raise Unauthorized("unknown node; register the agent again")
+        node.last_heartbeat = now
+        returned = node.connection == NodeConnection.DISCONNECTED
+        node.connection = NodeConnection.CONNECTED
+        node.free_slots = free_slots
+        if info is not None:
+            _apply_info(node, info)
+        session.add(node)
+        if returned:
+            self._place_daemons(session, node, now)
+        mine = (col(ExecutionRecord.node_id) == node_id,
+                col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES))
+        if running:
+            session.execute(
+                update(ExecutionRecord)
+                .where(col(ExecutionRecord.id).in_(list(running)), *mine)
+                .values(lease_expires=now + self.lease_ns)
+            )
+        # executions it was told to stop and no longer runs have stopped
+        stopped = session.exec(
+            select(ExecutionRecord).where(col(ExecutionRecord.id).not_in(list(running)), *mine,
+                                          col(ExecutionRecord.desired_state) == DesiredState.STOPPED)
+        ).all()
+        for execution in stopped:
+            self._set_state(session, execution, ExecutionState.CANCELLED, execution.state_message, now=now)
         return node
 
     def nodes(self) -> list[NodeRecord]:
@@ -424,27 +453,31 @@ class Store:
         the node's slots its active executions leave free)."""
         if limit <= 0 or not node.engines or node.membership != NodeMembership.APPROVED:
             return []
-        now = now_ns()
         with self._tx() as session:
-            executions = claim.choose(session, node.id, limit, self.needs, slots=slots)
-            if not executions:
-                return []
-            for execution in executions:
-                execution.node_id = node.id
-                execution.lease_expires = now + self.lease_ns
-                execution.compute_state = ExecutionState.BID_ACCEPTED
-                execution.modify_time, execution.revision = now, execution.revision + 1
-                session.add(execution)
-            job_ids = {execution.job_id for execution in executions}
-            jobs = {job.id: job for job in session.exec(select(JobRecord).where(col(JobRecord.id).in_(job_ids)))}
-            for execution in executions:
-                history.execution_event(session, execution, Topic.SCHEDULING, f"Requested execution on {node.id}",
-                                        previous=ExecutionState.NEW, now=now)
-            for job in jobs.values():
-                if job.state in (JobState.PENDING, JobState.QUEUED):
-                    previous, job.state = job.state, JobState.RUNNING
-                    job.modify_time, job.revision = now, job.revision + 1
-                    history.job_event(session, job, Topic.STATE_UPDATE, "Running", previous=previous, now=now)
+            return self._claim(session, node, limit, slots)
+
+    def _claim(self, session: Session, node: NodeRecord, limit: int, slots: int | None) -> list[Claimed]:
+        if limit <= 0 or not node.engines or node.membership != NodeMembership.APPROVED:
+            return []
+        executions = claim.choose(session, node.id, limit, self.needs, slots=slots)
+        if not executions:
+            return []
+        now = now_ns()  # once the claim holds its locks: leases count from here
+        for execution in executions:
+            execution.node_id = node.id
+            execution.lease_expires = now + self.lease_ns
+            execution.compute_state = ExecutionState.BID_ACCEPTED
+            execution.modify_time, execution.revision = now, execution.revision + 1
+            session.add(execution)
+        jobs = {job_id: session.get_one(JobRecord, job_id) for job_id in {e.job_id for e in executions}}
+        for execution in executions:
+            history.execution_event(session, execution, Topic.SCHEDULING, f"Requested execution on {node.id}",
+                                    previous=ExecutionState.NEW, now=now)
+        for job in jobs.values():
+            if job.state in (JobState.PENDING, JobState.QUEUED):
+                previous, job.state = job.state, JobState.RUNNING
+                job.modify_time, job.revision = now, job.revision + 1
+                history.job_event(session, job, Topic.STATE_UPDATE, "Running", previous=previous, now=now)
         return [Claimed(execution, jobs[execution.job_id]) for execution in executions]
 
     def _assigned(self, session: Session, node_id: str, execution_id: str) -> ExecutionRecord:
@@ -482,12 +515,18 @@ class Store:
         with self._read() as session:
             return self._assigned(session, node_id, execution_id)
 
-    def complete(self, node_id: str, execution_id: str, outcome: RunOutcome, published: bool) -> None:
+    def complete(self, node_id: str, execution_id: str, outcome: RunOutcome, published: bool,
+                 logs: Sequence[Chunk] = (), log_cap: int = 0) -> int:
         """The task ran (whatever its exit code) and its results, if any, are verified in the object store. An
-        agent reports short tasks as Running only here: the Running state is then recorded at their start time."""
+        agent reports short tasks as Running only here: the Running state is then recorded at their start time,
+        and their last `logs` are stored along (up to `log_cap` characters for the execution; returns how many
+        were kept)."""
         now = now_ns()
+        kept = 0
         with self._tx() as session:
             execution = self._assigned(session, node_id, execution_id)
+            if logs:
+                kept, _ = store_chunks(session, execution_id, logs, log_cap)
             if execution.compute_state == ExecutionState.BID_ACCEPTED and outcome.started:
                 self._set_state(session, execution, ExecutionState.RUNNING, str(ExecutionState.RUNNING),
                                 now=min(max(outcome.started, execution.modify_time), now))
@@ -509,6 +548,7 @@ class Store:
                     self._end_job(session, job, JobState.FAILED,
                                   f"Job failed because a service replica exited {execution.attempt} times", now)
             self._settle_job(session, execution.job_id, now)
+        return kept
 
     def fail(self, node_id: str, execution_id: str, message: str) -> bool:
         """A system error ended the execution; returns True when it was rescheduled."""
@@ -714,6 +754,7 @@ class Store:
                 raise NotFound(f"node not found: {ref}")
             node.membership = membership
             session.add(node)
+            self._nodes.pop(node.credential_sha256, None)
             self._place_daemons(session, node, now)
             rescheduled = 0
             if membership == NodeMembership.REJECTED:
@@ -729,6 +770,7 @@ class Store:
                 raise NotFound(f"node not found: {ref}")
             rescheduled = self._fail_node_executions(session, node.id, f"node {node.id} has been deleted", now_ns())
             session.delete(node)
+            self._nodes.pop(node.credential_sha256, None)
         return rescheduled
 
     def stopped_among(self, node_id: str, running: Sequence[str]) -> list[str]:
@@ -737,19 +779,25 @@ class Store:
         if not running:
             return []
         with self._read() as session:
-            keep = session.exec(
-                select(ExecutionRecord.id).where(
-                    col(ExecutionRecord.id).in_(list(running)),
-                    col(ExecutionRecord.node_id) == node_id,
-                    col(ExecutionRecord.desired_state) != DesiredState.STOPPED,
-                    col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
-                )
-            ).all()
-            gone = set(running) - set(keep)
-            if gone:  # those it completed itself it has already let go
-                gone -= set(session.exec(select(ExecutionRecord.id).where(
-                    col(ExecutionRecord.id).in_(list(gone)), col(ExecutionRecord.node_id) == node_id,
-                    col(ExecutionRecord.compute_state) == ExecutionState.COMPLETED)).all())
+            return self._stopped_among(session, node_id, running)
+
+    @staticmethod
+    def _stopped_among(session: Session, node_id: str, running: Sequence[str]) -> list[str]:
+        if not running:
+            return []
+        keep = session.exec(
+            select(ExecutionRecord.id).where(
+                col(ExecutionRecord.id).in_(list(running)),
+                col(ExecutionRecord.node_id) == node_id,
+                col(ExecutionRecord.desired_state) != DesiredState.STOPPED,
+                col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
+            )
+        ).all()
+        gone = set(running) - set(keep)
+        if gone:  # those it completed itself it has already let go
+            gone -= set(session.exec(select(ExecutionRecord.id).where(
+                col(ExecutionRecord.id).in_(list(gone)), col(ExecutionRecord.node_id) == node_id,
+                col(ExecutionRecord.compute_state) == ExecutionState.COMPLETED)).all())
         return sorted(gone)
 
 

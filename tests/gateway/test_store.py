@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
+from sqlmodel import col, select
 
 from compute_agent.inputs import STORAGE_SOURCES
 from gateway.db import make_engine
@@ -102,7 +103,8 @@ def test_submit_count_zero_is_completed_with_no_executions(store: Store) -> None
 # -- claim ------------------------------------------------------------------------------------------------
 
 
-def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: Engine) -> None:
+@pytest.mark.parametrize("per_claim", [1, 3])
+def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: Engine, per_claim: int) -> None:
     store = Store(engine, lease_seconds=60, max_attempts=3, queue_timeout=3600)
     job_ids = [store.submit(wasm(count=5)).id for _ in range(40)]
     expected = {e.id for job_id in job_ids for e in store.executions(job_id)}
@@ -121,9 +123,10 @@ def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: 
         try:
             start.wait(10)
             while True:
-                got = stores[index].claim(nodes[index], 1)
+                got = stores[index].claim(nodes[index], per_claim)
                 if not got:
                     return
+                assert len({item.execution.id for item in got}) == len(got), "one claim took an execution twice"
                 for item in got:
                     assert item.execution.node_id == nodes[index].id
                     assert item.job.id == item.execution.job_id
@@ -185,6 +188,43 @@ def test_a_poll_that_says_its_slots_takes_only_what_they_leave_free(store: Store
     store.complete(here.id, first[0].execution.id, RunOutcome(exit_code=0), published=False)
     assert len(store.claim(here, 2, slots=2)) == 1  # the completion freed one
     assert {e.compute_state for e in store.executions(job.id)} >= {ExecutionState.NEW}
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks held by another transaction: PostgreSQL's (SQLite has one "
+                                             "writer at a time, so a claim never meets them)")
+def test_a_claim_passes_over_what_another_claim_holds_and_takes_each_execution_once(store: Store,
+                                                                                 engine: Engine) -> None:
+    job = store.submit(wasm(count=4))
+    first, second, *_ = sorted(store.executions(job.id), key=lambda e: e.partition_index)
+    here = node(store)
+    with engine.connect() as other:  # a claim on another replica that has locked the second execution
+        other.execute(select(ExecutionRecord).where(col(ExecutionRecord.id) == second.id).with_for_update())
+        got = [c.execution.id for c in store.claim(here, 3)]
+    assert len(got) == len(set(got)) == 3
+    assert second.id not in got and first.id in got
+
+
+def test_a_busy_node_stops_looking_through_a_backlog_it_has_no_room_for(store: Store, engine: Engine) -> None:
+    """A node whose resources are taken passes over a few jobs that do not fit now and stops: it does not read
+    the whole backlog (a query per job) on every poll."""
+    here, _ = store.register_node(NodeInfo(engines=["wasm"], publishers=["s3managed"], storage_sources=STORAGE_SOURCES,
+                                           capacity={"CPU": 1}))
+    for _ in range(300):
+        spec = wasm().wire()
+        spec["Tasks"][0]["Resources"] = {"CPU": "1"}
+        store.submit(parse_job(spec)[0])
+    assert len(store.claim(here, 1)) == 1  # the node's one CPU is taken now
+    statements: list[str] = []
+
+    def listener(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert store.claim(here, 1) == []
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert len(statements) < 40, len(statements)
 
 
 def test_claim_respects_the_limit_and_engines(store: Store) -> None:
@@ -533,7 +573,7 @@ def test_a_completion_that_carries_the_start_time_records_running_at_that_time(s
     here = node(store)
     [claimed] = store.claim(here, 1)
     execution = claimed.execution
-    started = execution.modify_time + 5_000_000
+    started = execution.modify_time + 1  # just after the claim (and before the completion)
     store.complete(here.id, execution.id, RunOutcome(exit_code=0, started=started), published=False)
     events = [e for e in store.history(execution.job_id) if e.execution_id == execution.id and e.new_state]
     assert [(e.previous_state, e.new_state) for e in events] == [
