@@ -77,9 +77,11 @@ class LogShipper:
             self._task = None
 
     async def _run(self) -> None:
-        while not self._closing.is_set():
+        while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), INTERVAL)
+            if self._closing.is_set():  # what is left goes with close() or finish()
+                return
             await self._ship(final=False)
 
     async def _ship(self, final: bool) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from compute_agent.gateway_client import GatewayClient
-from compute_agent.log_shipping import MAX_CHUNK, LogShipper
+from compute_agent.log_shipping import MAX_CHUNK, MAX_INLINE, LogShipper
 from tests.compute_agent.http_recorder import Recorded, RecordingServer, Reply
 
 pytestmark = pytest.mark.timeout(60)
@@ -238,3 +238,33 @@ def test_close_does_not_lose_a_batch_that_was_in_flight(tmp_path: Path) -> None:
 
     ship(server, tmp_path, scenario)
     assert reassemble(accepted(server).get("stdout", [])) == "first second\n"
+
+
+def test_a_short_tasks_output_is_handed_back_for_the_completion_and_a_long_ones_shipped(tmp_path: Path) -> None:
+    """finish(): what is left, when it is at most MAX_INLINE characters, comes back (the completion carries it)
+    instead of going in a request of its own; past that it is shipped as close() ships it."""
+    server = RecordingServer(kept)
+    handed: list[list[dict[str, object]]] = []
+
+    async def short(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+        append(stdout, b"done\n")
+        append(stderr, b"note\n")
+        handed.append(await shipper.finish())
+
+    (tmp_path / "short").mkdir()
+    ship(server, tmp_path / "short", short)
+    assert server.snapshot() == []
+    assert handed[0] == [{"Stream": "stdout", "Offset": 0, "Data": "done\n"},
+                         {"Stream": "stderr", "Offset": 0, "Data": "note\n"}]
+
+    long_text = "x" * (MAX_INLINE + 1)
+    server = RecordingServer(kept)
+
+    async def long(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+        append(stdout, long_text.encode())
+        handed.append(await shipper.finish())
+
+    (tmp_path / "long").mkdir()
+    ship(server, tmp_path / "long", long)
+    assert handed[1] == []
+    assert reassemble(accepted(server)["stdout"]) == long_text
