@@ -343,7 +343,7 @@ def test_the_config_is_shown_without_secrets_and_secrets_stay_out_of_the_log(sec
 
 
 def test_the_audit_log_says_who_did_what(secured: Gateway) -> None:
-    job_id = submit(secured, ALICE)
+    job_id = submit(secured, ALICE, wasm_job("spin"))  # still running when it is stopped
     assert call(secured, "DELETE", f"/api/v1/orchestrator/jobs/{job_id}", ALICE, params={"namespace": "team-a"}
                 ).status_code == 200
     token = create_token(secured, ADMIN, Name="audited", Capabilities=["read:job"]).json()["Token"]
