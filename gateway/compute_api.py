@@ -103,7 +103,7 @@ async def poll(request: Request) -> Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     limit = free if slots is None else slots
-    # waiting (so that no wake-up is missed) before the first look: the heartbeat's transaction
+    # registered as waiting before the first look (the heartbeat's transaction): no wake-up in between is missed
     with svc.work.waiting(node.id, info.engines if info else node.engines) as waiter:
         beat = True
         while True:

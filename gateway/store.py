@@ -525,6 +525,9 @@ class Store:
         kept = 0
         with self._tx() as session:
             execution = self._assigned(session, node_id, execution_id)
+            # Completions of one job take turns on its row (PostgreSQL): each then counts the others' partitions
+            # done, so the last one always sees them all and ends the job.
+            job = session.get(JobRecord, execution.job_id, with_for_update=True)
             if logs:
                 kept, _ = store_chunks(session, execution_id, logs, log_cap)
             if execution.compute_state == ExecutionState.BID_ACCEPTED and outcome.started:
@@ -540,7 +543,6 @@ class Store:
             execution.lease_expires = None
             self._set_state(session, execution, ExecutionState.COMPLETED, "Completed successfully",
                             details={"ExitCode": outcome.exit_code}, now=now)
-            job = session.get(JobRecord, execution.job_id)
             if job is not None and job.type == JobType.SERVICE and not JobState(job.state).terminal:
                 if execution.attempt < self.max_attempts:
                     self._replace(session, job, execution, "a service replica exited", now)
@@ -562,7 +564,7 @@ class Store:
         topic = Topic.EXEC_TIMEOUT if "timed out" in message else Topic.EXECUTION
         self._set_state(session, execution, ExecutionState.FAILED, message[:4096], topic=topic,
                         details={"IsError": True, "FailsExecution": True}, now=now)
-        job = session.get(JobRecord, execution.job_id)
+        job = session.get(JobRecord, execution.job_id, with_for_update=True)  # as complete() does
         if job is None or JobState(job.state).terminal:
             return False
         if job.type in NODE_BOUND_TYPES:  # bound to its node: not retried elsewhere

@@ -227,6 +227,35 @@ def test_a_busy_node_stops_looking_through_a_backlog_it_has_no_room_for(store: S
     assert len(statements) < 40, len(statements)
 
 
+def complete_together(store: Store, node_id: str, execution_id: str, start: threading.Barrier) -> None:
+    start.wait(10)
+    store.complete(node_id, execution_id, RunOutcome(exit_code=0), published=False)
+
+
+def test_a_job_whose_partitions_complete_at_once_ends_completed(engine: Engine) -> None:
+    """Completions of one job's partitions arriving together, from several replicas: each counts the others', so
+    the job always ends Completed (on PostgreSQL they take turns on the job's row; SQLite has one writer)."""
+    workers = 6
+    engines = [make_engine(engine.url.render_as_string(hide_password=False)) for _ in range(workers)]
+    stores = [Store(e, lease_seconds=60, max_attempts=3, queue_timeout=3600) for e in engines]
+    try:
+        for _ in range(5):
+            job = stores[0].submit(wasm(count=workers))
+            here = node(stores[0])
+            claimed = [c.execution.id for c in stores[0].claim(here, workers)]
+            start = threading.Barrier(workers)
+            threads = [threading.Thread(target=complete_together, args=(stores[i], here.id, claimed[i], start))
+                       for i in range(workers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert job_state(stores[0], job.id)[0] == JobState.COMPLETED
+    finally:
+        for e in engines:
+            e.dispose()
+
+
 def test_claim_respects_the_limit_and_engines(store: Store) -> None:
     wasm_job = store.submit(wasm(count=2))
     docker_job = store.submit(docker(count=2))
