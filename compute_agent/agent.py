@@ -257,6 +257,8 @@ class Agent:
         except Exception as exc:
             message = str(exc) if isinstance(exc, AgentError) else f"agent error: {exc!r}"
             log.warning("execution %s failed: %s", execution_id, message)
+            if running is not None:  # a Running report on its way goes first
+                await running.settle()
             with contextlib.suppress(AgentError):
                 await self._gateway.fail(execution_id, message)
         finally:

@@ -481,7 +481,9 @@ class Store:
         return [Claimed(execution, jobs[execution.job_id]) for execution in executions]
 
     def _assigned(self, session: Session, node_id: str, execution_id: str) -> ExecutionRecord:
-        execution = session.get(ExecutionRecord, execution_id)
+        # locked, so that an agent's reports on one execution (a late Running, a failure) apply one after another
+        # and each sees the state the one before left (PostgreSQL; SQLite has one writer at a time)
+        execution = session.get(ExecutionRecord, execution_id, with_for_update=True)
         if execution is None or execution.node_id != node_id:
             raise NotFound(f"execution {execution_id} is not assigned to this node")
         if execution.compute_state not in ACTIVE_EXECUTION_STATES:
