@@ -2,7 +2,9 @@
 
 Every method is one database transaction and is safe to call from several threads, processes or replicas:
 claims lock the node's row and then the executions they take with SKIP LOCKED (see gateway/claim.py; SQLite
-serialises writers instead), and every state change checks the state it starts from.
+serialises writers instead), and every state change checks the state it starts from, on rows it has locked.
+On PostgreSQL, locks are taken in one order, so that transactions never wait on each other in a circle: a node,
+then a job, then its executions (several by ID); what locks in another order skips what is locked instead.
 """
 
 from __future__ import annotations
@@ -110,6 +112,20 @@ class Store:
         with Session(self._reader, expire_on_commit=False) as session, session.begin():
             yield session
 
+    @staticmethod
+    def _lock_job(session: Session, job_id: str, *, skip_locked: bool = False) -> JobRecord | None:
+        """The job's row, locked and read afresh (None when missing, or locked elsewhere with `skip_locked`)."""
+        return session.exec(select(JobRecord).where(col(JobRecord.id) == job_id)
+                            .with_for_update(skip_locked=skip_locked)
+                            .execution_options(populate_existing=True)).first()
+
+    @staticmethod
+    def _lock_executions(session: Session, query: Any, *, skip_locked: bool = False) -> Sequence[ExecutionRecord]:
+        """The executions `query` selects, locked in ID order and read afresh: its conditions are checked again on
+        rows another transaction changed meanwhile (PostgreSQL), so they still hold for what it returns."""
+        return session.exec(query.order_by(col(ExecutionRecord.id)).with_for_update(skip_locked=skip_locked)
+                            .execution_options(populate_existing=True)).all()
+
     # -- jobs -------------------------------------------------------------------------------------------
 
     def submit(self, job: Job, *, force: bool = False, actor: str = "") -> JobRecord:
@@ -129,7 +145,7 @@ class Store:
         existing = None
         if job.Name:
             existing = session.exec(select(JobRecord).where(
-                col(JobRecord.namespace) == job.Namespace, col(JobRecord.name) == job.Name)).first()
+                col(JobRecord.namespace) == job.Namespace, col(JobRecord.name) == job.Name).with_for_update()).first()
         if existing is not None:
             if existing.type != job.Type:
                 raise BadRequest(f"Type: job {job.Name} is a {existing.type} job; its type cannot change")
@@ -153,7 +169,7 @@ class Store:
         job_id = self.find_job(namespace, ref).id
         now = now_ns()
         with self._tx() as session:
-            job = session.get(JobRecord, job_id)
+            job = self._lock_job(session, job_id)
             if job is None:
                 raise NotFound(f"job not found: {ref}")
             if job.state in (JobState.PENDING, JobState.QUEUED):
@@ -434,10 +450,9 @@ class Store:
                 .values(lease_expires=now + self.lease_ns)
             )
         # executions it was told to stop and no longer runs have stopped
-        stopped = session.exec(
-            select(ExecutionRecord).where(col(ExecutionRecord.id).not_in(list(running)), *mine,
-                                          col(ExecutionRecord.desired_state) == DesiredState.STOPPED)
-        ).all()
+        stopped = self._lock_executions(session, select(ExecutionRecord).where(
+            col(ExecutionRecord.id).not_in(list(running)), *mine,
+            col(ExecutionRecord.desired_state) == DesiredState.STOPPED))
         for execution in stopped:
             self._set_state(session, execution, ExecutionState.CANCELLED, execution.state_message, now=now)
         return node
@@ -473,8 +488,13 @@ class Store:
         for execution in executions:
             history.execution_event(session, execution, Topic.SCHEDULING, f"Requested execution on {node.id}",
                                     previous=ExecutionState.NEW, now=now)
-        for job in jobs.values():
-            if job.state in (JobState.PENDING, JobState.QUEUED):
+        waiting = (JobState.PENDING, JobState.QUEUED)
+        if starting := [job.id for job in jobs.values() if job.state in waiting]:
+            # a job locked elsewhere is being stopped, or started by another claim: it needs nothing from this one
+            for job in session.exec(
+                select(JobRecord).where(col(JobRecord.id).in_(starting), col(JobRecord.state).in_(waiting))
+                .order_by(col(JobRecord.id)).with_for_update(skip_locked=True).execution_options(populate_existing=True)
+            ):
                 previous, job.state = job.state, JobState.RUNNING
                 job.modify_time, job.revision = now, job.revision + 1
                 history.job_event(session, job, Topic.STATE_UPDATE, "Running", previous=previous, now=now)
@@ -483,7 +503,7 @@ class Store:
     def _assigned(self, session: Session, node_id: str, execution_id: str) -> ExecutionRecord:
         # locked, so that an agent's reports on one execution (a late Running, a failure) apply one after another
         # and each sees the state the one before left (PostgreSQL; SQLite has one writer at a time)
-        execution = session.get(ExecutionRecord, execution_id, with_for_update=True)
+        execution = session.get(ExecutionRecord, execution_id, with_for_update=True, populate_existing=True)
         if execution is None or execution.node_id != node_id:
             raise NotFound(f"execution {execution_id} is not assigned to this node")
         if execution.compute_state not in ACTIVE_EXECUTION_STATES:
@@ -512,6 +532,16 @@ class Store:
                             details={"Size": size, "SHA256": sha256}, now=now)
         return key
 
+    def _ending(self, session: Session, node_id: str, execution_id: str) -> tuple[JobRecord, ExecutionRecord]:
+        """An execution its agent ends, and its job, both locked (the job first). The ends of one job's executions
+        take turns on its row: each then sees the others', so the last partition to complete always ends the job."""
+        job_id = session.exec(select(ExecutionRecord.job_id).where(col(ExecutionRecord.id) == execution_id)).first()
+        job = self._lock_job(session, job_id) if job_id else None
+        execution = self._assigned(session, node_id, execution_id)
+        if job is None:
+            raise NotFound(f"execution {execution_id} has no job")
+        return job, execution
+
     def upload_of(self, node_id: str, execution_id: str) -> ExecutionRecord:
         """The execution as the agent left it before completion (for checking its upload)."""
         with self._read() as session:
@@ -526,10 +556,7 @@ class Store:
         now = now_ns()
         kept = 0
         with self._tx() as session:
-            execution = self._assigned(session, node_id, execution_id)
-            # Completions of one job take turns on its row (PostgreSQL): each then counts the others' partitions
-            # done, so the last one always sees them all and ends the job.
-            job = session.get(JobRecord, execution.job_id, with_for_update=True)
+            job, execution = self._ending(session, node_id, execution_id)
             if logs:
                 kept, _ = store_chunks(session, execution_id, logs, log_cap)
             if execution.compute_state == ExecutionState.BID_ACCEPTED and outcome.started:
@@ -545,7 +572,7 @@ class Store:
             execution.lease_expires = None
             self._set_state(session, execution, ExecutionState.COMPLETED, "Completed successfully",
                             details={"ExitCode": outcome.exit_code}, now=now)
-            if job is not None and job.type == JobType.SERVICE and not JobState(job.state).terminal:
+            if job.type == JobType.SERVICE and not JobState(job.state).terminal:
                 if execution.attempt < self.max_attempts:
                     self._replace(session, job, execution, "a service replica exited", now)
                 else:  # a replica that keeps exiting is not a service that runs
@@ -558,16 +585,16 @@ class Store:
         """A system error ended the execution; returns True when it was rescheduled."""
         now = now_ns()
         with self._tx() as session:
-            execution = self._assigned(session, node_id, execution_id)
-            return self._fail(session, execution, message, now)
+            job, execution = self._ending(session, node_id, execution_id)
+            return self._fail(session, job, execution, message, now)
 
-    def _fail(self, session: Session, execution: ExecutionRecord, message: str, now: int) -> bool:
+    def _fail(self, session: Session, job: JobRecord, execution: ExecutionRecord, message: str, now: int) -> bool:
+        """Fail an execution (both rows locked by the caller); returns True when it was rescheduled."""
         execution.lease_expires = None
         topic = Topic.EXEC_TIMEOUT if "timed out" in message else Topic.EXECUTION
         self._set_state(session, execution, ExecutionState.FAILED, message[:4096], topic=topic,
                         details={"IsError": True, "FailsExecution": True}, now=now)
-        job = session.get(JobRecord, execution.job_id, with_for_update=True)  # as complete() does
-        if job is None or JobState(job.state).terminal:
+        if JobState(job.state).terminal:
             return False
         if job.type in NODE_BOUND_TYPES:  # bound to its node: not retried elsewhere
             self._settle_job(session, job.id, now)
@@ -626,10 +653,10 @@ class Store:
         self._stop_executions(session, job, why, now)
 
     def _stop_executions(self, session: Session, job: JobRecord, why: str, now: int) -> None:
-        unfinished = session.exec(select(ExecutionRecord).where(
+        unfinished = self._lock_executions(session, select(ExecutionRecord).where(
             col(ExecutionRecord.job_id) == job.id,
             col(ExecutionRecord.compute_state).in_([ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]),
-        )).all()
+        ))
         for execution in unfinished:
             execution.desired_state = DesiredState.STOPPED
             # waiting executions end here; running ones when their agent has stopped them
@@ -641,7 +668,7 @@ class Store:
         Stopping a stopped job changes nothing; a completed job cannot be stopped."""
         job_id = self.find_job(namespace, ref).id
         with self._tx() as session:
-            job = session.get(JobRecord, job_id)
+            job = self._lock_job(session, job_id)
             if job is None:
                 raise NotFound(f"job not found: {ref}")
             if job.state == JobState.COMPLETED:
@@ -668,21 +695,23 @@ class Store:
         now = now_ns()
         rescheduled = 0
         with self._tx() as session:
-            expired = session.exec(
-                select(ExecutionRecord)
-                .where(
-                    col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
-                    col(ExecutionRecord.lease_expires) < now,
-                )
-                .with_for_update(skip_locked=True)
-            ).all()
-            for execution in expired:
+            expired = (col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
+                       col(ExecutionRecord.lease_expires) < now)
+            found = session.exec(select(ExecutionRecord.id, ExecutionRecord.job_id).where(*expired)
+                                 .order_by(col(ExecutionRecord.job_id), col(ExecutionRecord.id))).all()
+            for execution_id, job_id in found:  # what another transaction holds is left for the next sweep
+                job = self._lock_job(session, job_id, skip_locked=True)
+                locked = job and self._lock_executions(session, select(ExecutionRecord).where(
+                    col(ExecutionRecord.id) == execution_id, *expired), skip_locked=True)
+                if not job or not locked:
+                    continue
+                execution = locked[0]
                 execution.lease_expires = None
                 if execution.desired_state == DesiredState.STOPPED:
                     self._set_state(session, execution, ExecutionState.CANCELLED, execution.state_message, now=now)
                     continue
                 message = f"lease expired: node {execution.node_id} stopped reporting on this execution"
-                rescheduled += self._fail(session, execution, message, now)
+                rescheduled += self._fail(session, job, execution, message, now)
         return rescheduled
 
     def expire_jobs(self) -> int:
@@ -728,11 +757,18 @@ class Store:
         return rescheduled
 
     def _fail_node_executions(self, session: Session, node_id: str, message: str, now: int) -> int:
-        active = session.exec(select(ExecutionRecord).where(
-            col(ExecutionRecord.node_id) == node_id,
-            col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
-        )).all()
-        return sum(self._fail(session, execution, message, now) for execution in active)
+        mine = (col(ExecutionRecord.node_id) == node_id,
+                col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES))
+        found = session.exec(select(ExecutionRecord.id, ExecutionRecord.job_id).where(*mine)
+                             .order_by(col(ExecutionRecord.job_id), col(ExecutionRecord.id))).all()
+        rescheduled = 0
+        for execution_id, job_id in found:
+            job = self._lock_job(session, job_id)
+            locked = self._lock_executions(session, select(ExecutionRecord).where(
+                col(ExecutionRecord.id) == execution_id, *mine))
+            if job and locked:  # not completed meanwhile
+                rescheduled += self._fail(session, job, locked[0], message, now)
+        return rescheduled
 
     def find_node(self, ref: str) -> NodeRecord:
         """A node by ID or unique ID prefix."""

@@ -91,7 +91,7 @@ def assert_each_ran_once(gateway: Gateway, job_ids: list[str]) -> None:
     for job_id in job_ids:
         executions = gateway.executions(job_id)
         completed = [e for e in executions if e["ComputeState"]["StateType"] == "Completed"]
-        assert len(completed) == 1, (job_id, executions)
+        assert len(completed) == 1, (job_id, [(e["ComputeState"], e["NodeID"], e["ModifyTime"]) for e in executions])
         assert completed[0]["NodeID"], completed[0]
 
 

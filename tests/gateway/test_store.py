@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from compute_agent.inputs import STORAGE_SOURCES
+from gateway import history
 from gateway.db import make_engine
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobState, NodeConnection
@@ -254,6 +256,87 @@ def test_a_job_whose_partitions_complete_at_once_ends_completed(engine: Engine) 
     finally:
         for e in engines:
             e.dispose()
+
+
+@contextmanager
+def meanwhile(engine: Engine, statement: str, action: Callable[[], Any]) -> Iterator[list[BaseException]]:
+    """The first time `engine` is about to run a statement that starts with `statement`, `action` runs in another
+    thread (on other connections) until it ends or waits for a row lock (PostgreSQL). Yields what `action`
+    raised, complete once the block has ended."""
+    raised: list[BaseException] = []
+    threads: list[threading.Thread] = []
+
+    def attempt() -> None:
+        try:
+            action()
+        except BaseException as exc:  # for the test to look at
+            raised.append(exc)
+
+    def waits_on_a_lock() -> bool:
+        with engine.connect() as watcher:
+            return bool(watcher.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                                                "'Lock' AND datname = current_database()").scalar())
+
+    def listener(_connection: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if threads or not sql.startswith(statement):
+            return
+        threads.append(threading.Thread(target=attempt))
+        threads[0].start()
+        wait_for(lambda: not threads[0].is_alive() or waits_on_a_lock(), timeout=20, what="the other transaction")
+
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        yield raised
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+        for thread in threads:
+            thread.join(30)
+    assert threads and not threads[0].is_alive()
+
+
+@pytest.fixture
+def other_store(engine: Engine) -> Iterator[Store]:
+    """A second store on its own connections: another replica."""
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    yield Store(other, lease_seconds=60, max_attempts=3, queue_timeout=3600)
+    other.dispose()
+
+
+def completion(store: Store, node_id: str, execution_id: str) -> Callable[[], Any]:
+    return lambda: store.complete(node_id, execution_id, RunOutcome(exit_code=0), published=False)
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks held by another transaction: PostgreSQL's")
+def test_a_node_found_silent_as_it_completes_an_execution_never_undoes_the_completion(
+        store: Store, other_store: Store, engine: Engine) -> None:
+    """One replica fails a silent node's executions while its agent completes one through another: either the
+    completion goes first and stands, or the failure does and the completion is refused. Never a job Completed
+    whose execution reads Failed."""
+    job = store.submit(wasm())
+    here = node(store)
+    [claimed] = store.claim(here, 1)
+    with meanwhile(engine, "UPDATE executions", completion(other_store, here.id, claimed.execution.id)) as raised:
+        store.disconnect_silent_nodes(0)
+    ended = by_id(store, job.id)[claimed.execution.id].compute_state
+    assert (job_state(store, job.id)[0] == JobState.COMPLETED) == (ended == ExecutionState.COMPLETED)
+    assert ended == (ExecutionState.FAILED if raised else ExecutionState.COMPLETED)
+    assert all(isinstance(exc, Conflict) for exc in raised)
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks held by another transaction: PostgreSQL's")
+def test_a_job_stopped_as_it_completes_ends_once(store: Store, other_store: Store, engine: Engine) -> None:
+    """A stop through one replica while the job's execution completes through another: the job ends once,
+    Stopped or Completed (a stop read the job as Running and then overwrote its completion)."""
+    job = store.submit(wasm())
+    here = node(store)
+    [claimed] = store.claim(here, 1)
+    with meanwhile(engine, "UPDATE jobs", completion(other_store, here.id, claimed.execution.id)) as raised:
+        store.stop_job("default", job.id)
+    assert not raised
+    with Session(engine) as session:
+        ends = [e.new_state for e in history.read(session, job.id, after=0, limit=100, level="job")
+                if JobState(e.new_state).terminal]
+    assert ends == [job_state(store, job.id)[0]]
 
 
 def test_claim_respects_the_limit_and_engines(store: Store) -> None:
