@@ -40,6 +40,7 @@ from harness import (
     CpuWatch,
     Postgres,
     Stack,
+    csv_subset,
     http_client,
     machine,
     stack,
@@ -356,17 +357,10 @@ def csv_ints(text: str) -> list[int]:
     return values
 
 
-def csv_backends(text: str) -> list[str]:
-    values = [part.strip().lower() for part in text.split(",") if part.strip()]
-    if not values or any(v not in BACKENDS for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated subset of {','.join(BACKENDS)} expected")
-    return values
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs (30 latency, 100 throughput)")
-    parser.add_argument("--backends", type=csv_backends, default=list(BACKENDS),
+    parser.add_argument("--backends", type=csv_subset(BACKENDS), default=list(BACKENDS),
                         help="which databases to measure (default sqlite,postgres)")
     parser.add_argument("--replicas", type=csv_ints, default=[1, 3],
                         help="gateway replica counts to measure on PostgreSQL (default 1,3); SQLite always has 1")

@@ -6,6 +6,7 @@ ports, temp data dirs) with the caller's SHOAL_* settings dropped, and stop them
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -73,8 +74,77 @@ def child_env(database_url: str = "") -> dict[str, str]:
     return env
 
 
+def csv_subset(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated subset of `allowed` (case does not matter)."""
+    def parse(text: str) -> list[str]:
+        values = [part.strip().lower() for part in text.split(",") if part.strip()]
+        if not values or any(v not in allowed for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated subset of {','.join(allowed)} expected")
+        return values
+
+    return parse
+
+
 def http_client(base_url: str) -> httpx.Client:
     return httpx.Client(base_url=base_url, timeout=60, trust_env=False)
+
+# -- Docker -------------------------------------------------------------------------------------------------
+
+IMAGE = "shoal-test/busybox:1"  # what scripts/docker-up builds
+
+
+def docker_answers() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def ensure_docker(image: str = IMAGE) -> None:
+    """A Docker engine that answers and the test image: `scripts/docker-up` starts dockerd and builds the image
+    when either is missing."""
+    present = docker_answers() and subprocess.run(["docker", "image", "inspect", image],
+                                                  capture_output=True).returncode == 0
+    if present:
+        return
+    print("docker-up: starting the Docker engine and/or building the test image", file=sys.stderr)
+    result = subprocess.run([str(ROOT / "scripts" / "docker-up")], capture_output=True, text=True, timeout=900)
+    if result.returncode != 0 or not docker_answers():
+        raise BenchError(f"scripts/docker-up failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+
+
+def docker_versions() -> dict[str, Any]:
+    """`docker version --format '{{json .}}'` reduced to the client's and the engine's versions, and the storage
+    driver (`docker info`)."""
+    raw = subprocess.run(["docker", "version", "--format", "{{json .}}"], capture_output=True, text=True, timeout=60)
+    info = json.loads(raw.stdout) if raw.returncode == 0 else {}
+    client, server = info.get("Client") or {}, info.get("Server") or {}
+    driver = subprocess.run(["docker", "info", "--format", "{{.Driver}}"], capture_output=True, text=True,
+                            timeout=60).stdout.strip()
+    return {"client": client.get("Version"), "client_api": client.get("ApiVersion"),
+            "server": server.get("Version"), "server_api": server.get("ApiVersion"),
+            "kernel": server.get("KernelVersion"), "storage_driver": driver}
+
+
+ENGINE = ("dockerd", "containerd")
+
+
+def engine_cpu_s() -> float:
+    """CPU seconds of the Docker engine's daemons (dockerd, containerd), with what they reaped, from /proc."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        name, after = text[text.find("(") + 1:text.rfind(")")], text.rsplit(")", 1)[1].split()
+        if name in ENGINE:
+            total += sum(int(v) for v in after[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
 
 # -- a throwaway PostgreSQL ---------------------------------------------------------------------------------
 

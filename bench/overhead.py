@@ -30,7 +30,6 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
-import os
 import select
 import shutil
 import subprocess
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    IMAGE,
     JOBS,
     RESULTS,
     ROOT,
@@ -52,6 +52,9 @@ from harness import (
     CpuWatch,
     Stack,
     child_env,
+    docker_versions,
+    engine_cpu_s,
+    ensure_docker,
     machine,
     stack,
     summary,
@@ -59,7 +62,6 @@ from harness import (
     write_json,
 )
 
-IMAGE = "shoal-test/busybox:1"
 COMMAND = ("echo", "hello")
 DOCKER_RUN = ("docker", "run", "--rm", "--network", "none")
 PROBE = ROOT / "tests" / "fixtures" / "wasm" / "probe.wasm"
@@ -81,39 +83,6 @@ class RunFailed(BenchError):
 
 
 # -- Docker and wasmtime ------------------------------------------------------------------------------------
-
-
-def docker_answers() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def ensure_docker(image: str = IMAGE) -> None:
-    """A Docker engine that answers and the test image: `scripts/docker-up` starts dockerd and builds the image
-    when either is missing."""
-    present = docker_answers() and subprocess.run(["docker", "image", "inspect", image],
-                                                  capture_output=True).returncode == 0
-    if present:
-        return
-    print("docker-up: starting the Docker engine and/or building the test image", file=sys.stderr)
-    result = subprocess.run([str(ROOT / "scripts" / "docker-up")], capture_output=True, text=True, timeout=900)
-    if result.returncode != 0 or not docker_answers():
-        raise BenchError(f"scripts/docker-up failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-
-
-def docker_versions() -> dict[str, Any]:
-    """`docker version --format '{{json .}}'` reduced to the client's and the engine's versions, and the storage
-    driver (`docker info`)."""
-    raw = subprocess.run(["docker", "version", "--format", "{{json .}}"], capture_output=True, text=True, timeout=60)
-    info = json.loads(raw.stdout) if raw.returncode == 0 else {}
-    client, server = info.get("Client") or {}, info.get("Server") or {}
-    driver = subprocess.run(["docker", "info", "--format", "{{.Driver}}"], capture_output=True, text=True,
-                            timeout=60).stdout.strip()
-    return {"client": client.get("Version"), "client_api": client.get("ApiVersion"),
-            "server": server.get("Version"), "server_api": server.get("ApiVersion"),
-            "kernel": server.get("KernelVersion"), "storage_driver": driver}
 
 
 def wasmtime_version() -> str:
@@ -352,26 +321,6 @@ def spread(values: list[float]) -> dict[str, float]:
         return {}
     full = summary(values)
     return {k: full[k] for k in ("count", "p50", "p90", "min", "max", "mean")}
-
-
-ENGINE = ("dockerd", "containerd")
-
-
-def engine_cpu_s() -> float:
-    """CPU seconds of the Docker engine's daemons (dockerd, containerd), with what they reaped, from /proc."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as stat:
-                text = stat.read()
-        except OSError:
-            continue
-        name, after = text[text.find("(") + 1:text.rfind(")")], text.rsplit(")", 1)[1].split()
-        if name in ENGINE:
-            total += sum(int(v) for v in after[11:15])  # utime, stime, cutime, cstime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def interleave(variants: list[Variant], rounds: int, label: str) -> dict[str, Any]:

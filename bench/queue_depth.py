@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatch import WARMUP_JOBS, latency_figures, one_latency_job
-from harness import RESULTS, BenchError, CpuWatch, Stack, http_client, machine, stack, summary, write_json
+from harness import RESULTS, BenchError, CpuWatch, Stack, csv_subset, http_client, machine, stack, summary, write_json
 from scale import (
     FAR_FUTURE_S,
     NODES,
@@ -288,19 +288,12 @@ def measure(root: Path, cases: list[str], depth: int, jobs: int) -> dict[str, An
     return out
 
 
-def csv_cases(text: str) -> list[str]:
-    values = [part.strip() for part in text.split(",") if part.strip()]
-    if not values or any(v not in CASES for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated subset of {','.join(CASES)} expected")
-    return values
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 executions, 30 samples per case")
     parser.add_argument("--depth", type=int, help="executions in each backlog (default 100000, quick 10000)")
     parser.add_argument("--jobs", type=int, help="latency jobs / claim samples per case (default 200, quick 30)")
-    parser.add_argument("--cases", type=csv_cases, default=list(CASES),
+    parser.add_argument("--cases", type=csv_subset(CASES), default=list(CASES),
                         help=f"which backlogs to measure (default {','.join(CASES)})")
     parser.add_argument("--json", type=Path, default=RESULTS / "queue_depth.json",
                         help="where to write the results (default bench/results/queue_depth.json)")

@@ -50,6 +50,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from harness import (
+    IMAGE,
     JOBS,
     RESULTS,
     TERMINAL,
@@ -57,13 +58,15 @@ from harness import (
     CpuWatch,
     Stack,
     child_env,
+    docker_versions,
+    engine_cpu_s,
+    ensure_docker,
     machine,
     stack,
     summary,
     wait_for,
     write_json,
 )
-from overhead import IMAGE, docker_versions, engine_cpu_s, ensure_docker
 
 from shoal.resources import parse_bytes
 
