@@ -158,11 +158,14 @@ def test_limits_are_applied_to_the_cgroup(executor: DockerExecutor, docker_engin
         assert values == [str(64 * MiB), "0", "77", "25000", "100000"]
 
 
-@pytest.mark.parametrize(("limit", "code"), [(4, 2), (8, 0)])
+@pytest.mark.parametrize(("limit", "code", "seconds"), [(12, 2, 60), (64, 0, 0.5)])
 def test_the_pids_limit_refuses_forks_over_it(executor: DockerExecutor, docker_engine: Any, tmp_path: Path,
-                                              limit: int, code: int) -> None:
-    # the shell and its 3 sleeps fill a limit of 4, so the 4th fork fails (and ash gives up with status 2)
-    task = make_task(tmp_path, "for i in 1 2 3 4; do sleep 0.5 & done; wait; echo finished", pids_limit=limit)
+                                              limit: int, code: int, seconds: float) -> None:
+    # the shell and 11 sleeps fill a limit of 12, so the 12th fork fails (and ash gives up with status 2, which
+    # ends the container and its sleeps): sleeps that outlast any delay between the forks on a loaded machine.
+    # (Not a smaller limit: the runtime's own threads count too while it starts the container.)
+    task = make_task(tmp_path, f"for i in $(seq 12); do sleep {seconds} & done; wait; echo finished",
+                     pids_limit=limit)
     assert run(executor, docker_engine, task) == code
     if code:
         assert "can't fork" in task.stderr_path.read_text()
