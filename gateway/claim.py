@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from sqlalchemy import exists, tuple_
+from sqlalchemy import String, bindparam, exists, tuple_
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
@@ -51,11 +51,11 @@ def free_capacity(session: Session, node: NodeRecord, active: list[ExecutionReco
 
 
 def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRecord], Needs], *,
-           slots: int | None = None) -> list[ExecutionRecord]:
-    """The executions this node should take now, at most `limit`, and with `slots` (how many the node runs at
-    once) no more than its slots not taken by its active executions; the caller marks them claimed. Counting
-    the node's executions here, under its row lock, means a poll never takes more than the node can run, however
-    its completions and polls interleave."""
+           slots: int | None = None) -> list[tuple[ExecutionRecord, JobRecord]]:
+    """The executions this node should take now (with their jobs), at most `limit`, and with `slots` (how many the
+    node runs at once) no more than its slots not taken by its active executions; the caller marks them claimed.
+    Counting the node's executions here, under its row lock, means a poll never takes more than the node can run,
+    however its completions and polls interleave."""
     node = session.exec(select(NodeRecord).where(col(NodeRecord.id) == node_id).with_for_update()).first()
     if node is None or node.membership != NodeMembership.APPROVED or not node.engines:
         return []
@@ -74,7 +74,7 @@ def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRe
         if not lost or len(taken) == limit or scan.done:
             break
         scan.lost(chosen, lost)
-    return taken
+    return [(execution, scan.jobs[execution.job_id]) for execution in taken]
 
 
 class _Scan:
@@ -89,13 +89,15 @@ class _Scan:
         self.capacity = Resources.from_capacity(node.capacity)
         self.skipped: set[str] = set()  # jobs this node cannot take now: their other executions are not looked at
         self.seen: set[str] = set()  # executions taken by this claim, or first by a claim on another replica
+        self.jobs: dict[str, JobRecord] = {}  # those read (the session keeps them only while they are referenced)
         self.busy = 0
         self.done = False
 
     def pick(self, wanted: int) -> dict[str, tuple[ExecutionRecord, Needs]]:
         chosen: dict[str, tuple[ExecutionRecord, Needs]] = {}
         node = self.node
-        for execution, needs in _candidates(self.session, node, self.needs_of, self.skipped, self.seen, wanted):
+        for execution, needs in _candidates(self.session, node, self.needs_of, self.jobs, self.skipped, self.seen,
+                                            wanted):
             if unsuitable(node, needs, self.free) or (
                     not all(matches(p, node.labels) for p in needs.preferences)
                     and _preferred_elsewhere(self.session, node, needs)):
@@ -137,13 +139,14 @@ def _locked(session: Session, node: NodeRecord, chosen: list[ExecutionRecord]) -
     return [e for e in chosen if e.id in ids]
 
 
-def _candidates(session: Session, node: NodeRecord, needs_of: Callable[[JobRecord], Needs], skipped: set[str],
-                seen: set[str], size: int) -> Iterator[tuple[ExecutionRecord, Needs]]:
+def _candidates(session: Session, node: NodeRecord, needs_of: Callable[[JobRecord], Needs],
+                jobs: dict[str, JobRecord], skipped: set[str], seen: set[str],
+                size: int) -> Iterator[tuple[ExecutionRecord, Needs]]:
     """Waiting executions the node may take and what their jobs need, oldest first, at most SCAN_LIMIT, but none
     of the jobs in `skipped` (which the caller adds to) nor the executions in `seen`. They are read a batch at a
-    time (`size` first, as many as the claim wants, then twice as many each time up to BATCH), and a job's spec
-    once, when one of its executions comes up."""
-    waiting = _waiting(node)
+    time (`size` first, as many as the claim wants, then twice as many each time up to BATCH), and a job once,
+    into `jobs`, when one of its executions comes up."""
+    waiting, params = _WAITING, {"node": node.id, "engines": list(node.engines)}
     needs_by_job: dict[str, Needs] = {}
     after: tuple[int, int, str] | None = None
     scanned = 0
@@ -154,7 +157,7 @@ def _candidates(session: Session, node: NodeRecord, needs_of: Callable[[JobRecor
         if after is not None:
             query = query.where(tuple_(col(ExecutionRecord.create_time), col(ExecutionRecord.partition_index),
                                        col(ExecutionRecord.id)) > after)
-        batch = session.exec(query.limit(size)).all()
+        batch = session.exec(query.limit(size), params=params).all()
         if not batch:
             return
         scanned += len(batch)
@@ -167,19 +170,22 @@ def _candidates(session: Session, node: NodeRecord, needs_of: Callable[[JobRecor
                 job = session.get(JobRecord, execution.job_id)
                 if job is None:
                     continue
-                needs_by_job[job.id] = needs_of(job)
+                jobs[job.id], needs_by_job[job.id] = job, needs_of(job)
             yield execution, needs_by_job[execution.job_id]
 
 
-def _waiting(node: NodeRecord) -> SelectOfScalar[ExecutionRecord]:
-    """Waiting executions of the node's engines, oldest first, never one of a partition that failed on it."""
+def _waiting() -> SelectOfScalar[ExecutionRecord]:
+    """Waiting executions of the node's engines, oldest first, never one of a partition that failed on it (the
+    node's ID and engines are the `node` and `engines` parameters). Built once: building it costs more than
+    running it."""
     prior = aliased(ExecutionRecord)
+    node_id = bindparam("node", type_=String)
     failed_here = (
         exists()
         .where(col(prior.job_id) == ExecutionRecord.job_id)
         .where(col(prior.job_version) == ExecutionRecord.job_version)
         .where(col(prior.partition_index) == ExecutionRecord.partition_index)
-        .where(col(prior.node_id) == node.id)
+        .where(col(prior.node_id) == node_id)
         .where(col(prior.id) != ExecutionRecord.id)
         .where(col(prior.compute_state) == ExecutionState.FAILED)
     )
@@ -188,12 +194,15 @@ def _waiting(node: NodeRecord) -> SelectOfScalar[ExecutionRecord]:
         .where(
             col(ExecutionRecord.compute_state) == ExecutionState.NEW,
             col(ExecutionRecord.desired_state) == DesiredState.RUNNING,
-            col(ExecutionRecord.engine).in_(node.engines),
-            col(ExecutionRecord.node_id).is_(None) | (col(ExecutionRecord.node_id) == node.id),
+            col(ExecutionRecord.engine).in_(bindparam("engines", expanding=True, type_=String)),
+            col(ExecutionRecord.node_id).is_(None) | (col(ExecutionRecord.node_id) == node_id),
             ~failed_here,
         )
         .order_by(col(ExecutionRecord.create_time), col(ExecutionRecord.partition_index), col(ExecutionRecord.id))
     )
+
+
+_WAITING = _waiting()
 
 
 def _preferred_elsewhere(session: Session, node: NodeRecord, needs: Needs) -> bool:

@@ -474,9 +474,11 @@ class Store:
     def _claim(self, session: Session, node: NodeRecord, limit: int, slots: int | None) -> list[Claimed]:
         if limit <= 0 or not node.engines or node.membership != NodeMembership.APPROVED:
             return []
-        executions = claim.choose(session, node.id, limit, self.needs, slots=slots)
-        if not executions:
+        chosen = claim.choose(session, node.id, limit, self.needs, slots=slots)
+        if not chosen:
             return []
+        executions = [execution for execution, _ in chosen]
+        jobs = {job.id: job for _, job in chosen}
         now = now_ns()  # once the claim holds its locks: leases count from here
         for execution in executions:
             execution.node_id = node.id
@@ -484,7 +486,6 @@ class Store:
             execution.compute_state = ExecutionState.BID_ACCEPTED
             execution.modify_time, execution.revision = now, execution.revision + 1
             session.add(execution)
-        jobs = {job_id: session.get_one(JobRecord, job_id) for job_id in {e.job_id for e in executions}}
         for execution in executions:
             history.execution_event(session, execution, Topic.SCHEDULING, f"Requested execution on {node.id}",
                                     previous=ExecutionState.NEW, now=now)
@@ -701,9 +702,9 @@ class Store:
                                  .order_by(col(ExecutionRecord.job_id), col(ExecutionRecord.id))).all()
             for execution_id, job_id in found:  # what another transaction holds is left for the next sweep
                 job = self._lock_job(session, job_id, skip_locked=True)
-                locked = job and self._lock_executions(session, select(ExecutionRecord).where(
-                    col(ExecutionRecord.id) == execution_id, *expired), skip_locked=True)
-                if not job or not locked:
+                locked = self._lock_executions(session, select(ExecutionRecord).where(
+                    col(ExecutionRecord.id) == execution_id, *expired), skip_locked=True) if job else ()
+                if job is None or not locked:
                     continue
                 execution = locked[0]
                 execution.lease_expires = None
