@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from compute_agent.errors import GatewayError, NotRegistered
+from compute_agent.upload import direct, put_file
 
 _BASE = "/api/v1/compute"
 
@@ -89,20 +92,27 @@ class GatewayClient:
     async def fail(self, execution_id: str, message: str) -> None:
         await self._call(f"/executions/{execution_id}/fail", {"Message": message})
 
-    async def upload(self, url: str, method: str, headers: dict[str, str], path: Any, size: int) -> None:
-        """PUT a file to a presigned URL, streamed from disk."""
+    async def upload(self, url: str, method: str, headers: dict[str, str], path: Path, size: int) -> None:
+        """PUT a file to a presigned URL, streamed from disk (with `sendfile` on plain HTTP)."""
+        target = httpx.URL(url)
+        try:
+            if direct(target):
+                status, text = await asyncio.to_thread(put_file, target, method, headers, path, size)
+            else:
+                status, text = await self._put_streamed(target, method, headers, path, size)
+        except (OSError, EOFError, ValueError, httpx.TransportError) as exc:
+            raise GatewayError(f"upload failed: {exc!r}") from exc
+        if status >= 400:
+            raise GatewayError(f"upload refused with HTTP {status}: {text[:200]}", status)
 
+    async def _put_streamed(self, url: httpx.URL, method: str, headers: dict[str, str], path: Path,
+                            size: int) -> tuple[int, str]:
         async def chunks() -> Any:
             with open(path, "rb") as handle:
                 while chunk := handle.read(1 << 20):
                     yield chunk
 
-        try:
-            response = await self._http.request(
-                method, url, content=chunks(), headers=headers | {"Content-Length": str(size)}, timeout=None
-            )
-        except httpx.TransportError as exc:
-            raise GatewayError(f"upload failed: {exc!r}") from exc
-        if response.is_error:
-            raise GatewayError(f"upload refused with HTTP {response.status_code}: {response.text[:200]}",
-                               response.status_code)
+        response = await self._http.request(
+            method, url, content=chunks(), headers=headers | {"Content-Length": str(size)}, timeout=None
+        )
+        return response.status_code, response.text
