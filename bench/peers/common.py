@@ -207,11 +207,11 @@ def write_json(path: Path, results: dict[str, Any]) -> None:
 
 
 def print_summary(peer: str, results: dict[str, Any]) -> None:
-    """A few lines for a person, on stderr."""
-    print(f"{peer}: {results['duration_s']:.0f} s", file=sys.stderr)
+    """A few lines for a person, on stdout (bench/run puts them in its summary; progress goes to stderr)."""
+    print(f"{peer}: {results['duration_s']:.0f} s\n")
     for config in results["configurations"]:
         lat = config["latency"]["submit_to_start_ms"]
-        line = f"  {config['name']}: submit -> start p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
+        line = f"- {config['name']}: submit -> start p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
         throughput = config["throughput"]
         rates = throughput["jobs_per_s"]
         if rates:
@@ -219,7 +219,7 @@ def print_summary(peer: str, results: dict[str, Any]) -> None:
             line += (f"; {throughput['workers']} workers: {rates['median']:.1f} jobs/s median "
                      f"({rates['min']:.1f}-{rates['max']:.1f}) over {len(throughput['rounds'])} x "
                      f"{throughput['jobs_per_round']} jobs, {failed} failed")
-        print(line, file=sys.stderr)
+        print(line)
 
 
 def run_peer(peer: str, args: argparse.Namespace, procs: Procs, began: float,
