@@ -62,10 +62,12 @@ from scale import (
     within,
 )
 
+from gateway.compute_api import POLL_SPREAD
+
 RSS_GOAL_MIB = 300.0
 LATENCY_FACTOR = 2.0
 POLL_WAIT_S = 20.0  # what a `shoal agent` asks for (and the gateway's default cap)
-EARLY_MARGIN_S = 1.0  # a 204 sooner than Wait - this is an early return
+EARLY_MARGIN_S = 1.0  # a 204 sooner than this before the earliest end of its wait is an early return
 FREE_SLOTS = 1
 IDLE_ENGINES = ["docker"]  # the measured jobs are wasm: the idle nodes never match them
 REGISTER_CONCURRENCY = 32
@@ -109,7 +111,7 @@ class PollerStats:
     def answered(self, status: str, took: float) -> None:
         self.outstanding -= 1
         self.answers[status] = self.answers.get(status, 0) + 1
-        if status == "204" and took < self.wait_s - EARLY_MARGIN_S:
+        if status == "204" and took < self.wait_s * (1 - POLL_SPREAD) - EARLY_MARGIN_S:
             self.early_204 += 1
             if len(self.early_204_s) < 1000:
                 self.early_204_s.append(round(took, 3))

@@ -7,6 +7,7 @@ executions assigned to it.
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from typing import Any
 
@@ -24,6 +25,10 @@ from gateway.store import Claimed, NodeInfo, RunOutcome
 from gateway.uploads_api import with_input_urls
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# An idle poll ends after a random part of the last quarter of its wait: agents that began polling together
+# (started, or back after the gateway restarted) would otherwise come back together, and a job submitted then would
+# wait behind all their heartbeats.
+POLL_SPREAD = 0.25
 
 
 def _node_info(body: dict[str, Any]) -> NodeInfo:
@@ -101,7 +106,7 @@ async def poll(request: Request) -> Response:
     wait = min(float(wait), svc.settings.poll_seconds)
     info = _node_info(body) if "Engines" in body else None
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
+    deadline = loop.time() + wait * (1 - POLL_SPREAD * random.random())
     limit = free if slots is None else slots
     # registered as waiting before the first look (the heartbeat's transaction): no wake-up in between is missed
     with svc.work.waiting(node.id, info.engines if info else node.engines) as waiter:

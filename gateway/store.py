@@ -44,6 +44,7 @@ from shoal.spec import NODE_BOUND_TYPES, Job, JobType
 
 NODE_CREDENTIAL_PREFIX = "shoal_node_"
 NODE_CACHE_SECONDS = 1.0
+NODES_PER_READ = 16  # nodes read at a time when scheduling looks for one that fits
 OUTPUT_CAP = 2048
 
 
@@ -263,12 +264,15 @@ class Store:
         nodes = session.exec(select(NodeRecord).where(
             col(NodeRecord.membership) == NodeMembership.APPROVED,
             col(NodeRecord.connection) == NodeConnection.CONNECTED,
-        ))
+        ).execution_options(yield_per=NODES_PER_READ))  # read as needed: the first that fits often comes first
         reasons: dict[str, list[str]] = {}
-        for node in nodes:
-            reasons[node.id] = placement.unsuitable(node, needs, Resources.from_capacity(node.capacity))
-            if not reasons[node.id] and not all_nodes:
-                break
+        try:
+            for node in nodes:
+                reasons[node.id] = placement.unsuitable(node, needs, Resources.from_capacity(node.capacity))
+                if not reasons[node.id] and not all_nodes:
+                    break
+        finally:
+            nodes.close()
         return reasons
 
     @staticmethod
