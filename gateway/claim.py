@@ -7,6 +7,9 @@ or claims are serialised by SQLite's write lock, so no execution is ever claimed
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from sqlalchemy import String, bindparam, exists, tuple_
@@ -31,6 +34,8 @@ SCAN_LIMIT = 4096  # at most this many per claim (which holds the write lock mea
 ROUNDS = 8  # times a claim chooses again when claims on other replicas took what it chose (PostgreSQL)
 MAX_BUSY = 8  # jobs that do not fit the node's free resources now, after which a claim stops looking
 MAX_SKIPPED = 512  # jobs a claim passes over at most (each costs a query, and widens the next ones)
+NEVER_PER_NODE = 64  # job versions remembered per node as ones it can never run
+NEVER_NODES = 4096  # nodes remembered (each as it is now: labels, engines, capacity...)
 
 
 def resources_of(execution: ExecutionRecord) -> Resources:
@@ -77,6 +82,38 @@ def choose(session: Session, node_id: str, limit: int, needs_of: Callable[[JobRe
     return [(execution, scan.jobs[execution.job_id]) for execution in taken]
 
 
+class _Never:
+    """The job versions each node, as it is now, can never run (a constraint it does not meet, more resources than
+    it has): later claims leave them out of their first query instead of passing over them one query each. Per
+    process; a node whose labels, engines, publishers, sources or capacity change is a new entry."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: OrderedDict[str, OrderedDict[tuple[str, int], None]] = OrderedDict()
+
+    @staticmethod
+    def key(node: NodeRecord) -> str:
+        return json.dumps([node.id, node.labels, sorted(node.engines), sorted(node.publishers),
+                           sorted(node.storage_sources), node.capacity], sort_keys=True, default=str)
+
+    def of(self, key: str) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._known.get(key, ()))
+
+    def add(self, key: str, job_id: str, version: int) -> None:
+        with self._lock:
+            versions = self._known.setdefault(key, OrderedDict())
+            self._known.move_to_end(key)
+            versions[(job_id, version)] = None
+            while len(versions) > NEVER_PER_NODE:
+                versions.popitem(last=False)
+            while len(self._known) > NEVER_NODES:
+                self._known.popitem(last=False)
+
+
+_NEVER = _Never()
+
+
 class _Scan:
     """The waiting executions one claim looks at, job by job, and what the node has left for them. A job the
     node cannot take is passed over whole; the scan ends early once MAX_BUSY jobs did not fit only because the
@@ -90,6 +127,8 @@ class _Scan:
         self.skipped: set[str] = set()  # jobs this node cannot take now: their other executions are not looked at
         self.seen: set[str] = set()  # executions taken by this claim, or first by a claim on another replica
         self.jobs: dict[str, JobRecord] = {}  # those read (the session keeps them only while they are referenced)
+        self.key = _Never.key(node)
+        self.never = _NEVER.of(self.key)  # job versions left out of the scan altogether
         self.busy = 0
         self.done = False
 
@@ -97,12 +136,15 @@ class _Scan:
         chosen: dict[str, tuple[ExecutionRecord, Needs]] = {}
         node = self.node
         for execution, needs in _candidates(self.session, node, self.needs_of, self.jobs, self.skipped, self.seen,
-                                            wanted):
+                                            self.never, wanted):
             if unsuitable(node, needs, self.free) or (
                     not all(matches(p, node.labels) for p in needs.preferences)
                     and _preferred_elsewhere(self.session, node, needs)):
                 self.skipped.add(execution.job_id)
-                self.busy += not unsuitable(node, needs, self.capacity)
+                if unsuitable(node, needs, self.capacity):
+                    _NEVER.add(self.key, execution.job_id, execution.job_version)
+                else:
+                    self.busy += 1
                 if self.busy >= MAX_BUSY or len(self.skipped) >= MAX_SKIPPED:
                     self.done = True
                     break
@@ -140,13 +182,16 @@ def _locked(session: Session, node: NodeRecord, chosen: list[ExecutionRecord]) -
 
 
 def _candidates(session: Session, node: NodeRecord, needs_of: Callable[[JobRecord], Needs],
-                jobs: dict[str, JobRecord], skipped: set[str], seen: set[str],
+                jobs: dict[str, JobRecord], skipped: set[str], seen: set[str], never: list[tuple[str, int]],
                 size: int) -> Iterator[tuple[ExecutionRecord, Needs]]:
     """Waiting executions the node may take and what their jobs need, oldest first, at most SCAN_LIMIT, but none
-    of the jobs in `skipped` (which the caller adds to) nor the executions in `seen`. They are read a batch at a
+    of the jobs in `skipped` (which the caller adds to), of the job versions in `never`, nor the executions in
+    `seen`. They are read a batch at a
     time (`size` first, as many as the claim wants, then twice as many each time up to BATCH), and a job once,
     into `jobs`, when one of its executions comes up."""
     waiting, params = _WAITING, {"node": node.id, "engines": list(node.engines)}
+    if never:
+        waiting = waiting.where(tuple_(col(ExecutionRecord.job_id), col(ExecutionRecord.job_version)).not_in(never))
     needs_by_job: dict[str, Needs] = {}
     after: tuple[int, int, str] | None = None
     scanned = 0

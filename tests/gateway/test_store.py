@@ -206,6 +206,38 @@ def test_a_claim_passes_over_what_another_claim_holds_and_takes_each_execution_o
     assert second.id not in got and first.id in got
 
 
+def counted_statements(engine: Engine, action: Callable[[], Any]) -> tuple[Any, int]:
+    statements: list[str] = []
+
+    def listener(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        return action(), len(statements)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+
+def test_job_versions_a_node_can_never_run_are_passed_over_once(store: Store, engine: Engine) -> None:
+    """A node passes over the jobs whose constraints it does not meet one query each, the first time; later claims
+    leave them out at once. A new version of such a job, which the node may run, is not left out."""
+    here = node(store)
+    for _ in range(20):
+        store.submit(constrained(1))
+    named = wasm(name="moves").wire() | {"Constraints": [{"Key": "site", "Operator": "=", "Values": ["elsewhere"]}]}
+    store.submit(parse_job(named)[0])
+    store.submit(wasm())
+    first, looked_first = counted_statements(engine, lambda: store.claim(here, 1))
+    store.submit(wasm())
+    second, looked_second = counted_statements(engine, lambda: store.claim(here, 1))
+    assert len(first) == len(second) == 1
+    assert looked_first > 21 and looked_second < 12, (looked_first, looked_second)
+    moved = store.submit(parse_job(wasm(name="moves").wire())[0])  # version 2: no constraint
+    assert moved.version == 2
+    assert [c.execution.job_id for c in store.claim(here, 1)] == [moved.id]
+
+
 def test_a_busy_node_stops_looking_through_a_backlog_it_has_no_room_for(store: Store, engine: Engine) -> None:
     """A node whose resources are taken passes over a few jobs that do not fit now and stops: it does not read
     the whole backlog (a query per job) on every poll."""
@@ -216,17 +248,9 @@ def test_a_busy_node_stops_looking_through_a_backlog_it_has_no_room_for(store: S
         spec["Tasks"][0]["Resources"] = {"CPU": "1"}
         store.submit(parse_job(spec)[0])
     assert len(store.claim(here, 1)) == 1  # the node's one CPU is taken now
-    statements: list[str] = []
-
-    def listener(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
-        assert store.claim(here, 1) == []
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
-    assert len(statements) < 40, len(statements)
+    got, looked = counted_statements(engine, lambda: store.claim(here, 1))
+    assert got == []
+    assert looked < 40, looked
 
 
 def complete_together(store: Store, node_id: str, execution_id: str, start: threading.Barrier) -> None:
