@@ -186,9 +186,8 @@ def _candidates(session: Session, node: NodeRecord, needs_of: Callable[[JobRecor
                 size: int) -> Iterator[tuple[ExecutionRecord, Needs]]:
     """Waiting executions the node may take and what their jobs need, oldest first, at most SCAN_LIMIT, but none
     of the jobs in `skipped` (which the caller adds to), of the job versions in `never`, nor the executions in
-    `seen`. They are read a batch at a
-    time (`size` first, as many as the claim wants, then twice as many each time up to BATCH), and a job once,
-    into `jobs`, when one of its executions comes up."""
+    `seen`. They are read a batch at a time (`size` first, as many as the claim wants, then twice as many each time
+    up to BATCH), and a job once, into `jobs`, when one of its executions comes up."""
     waiting, params = _WAITING, {"node": node.id, "engines": list(node.engines)}
     if never:
         waiting = waiting.where(tuple_(col(ExecutionRecord.job_id), col(ExecutionRecord.job_version)).not_in(never))
