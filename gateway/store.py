@@ -127,6 +127,21 @@ class Store:
         return session.exec(query.order_by(col(ExecutionRecord.id)).with_for_update(skip_locked=skip_locked)
                             .execution_options(populate_existing=True)).all()
 
+    def _each_locked(self, session: Session, where: tuple[Any, ...], *,
+                     skip_locked: bool = False) -> Iterator[tuple[JobRecord, ExecutionRecord]]:
+        """The executions `where` selects, each with its job, both locked (the job first) and the execution still
+        matching `where` once locked; with `skip_locked`, those another transaction holds are left out."""
+        found = session.exec(select(ExecutionRecord.id, ExecutionRecord.job_id).where(*where)
+                             .order_by(col(ExecutionRecord.job_id), col(ExecutionRecord.id))).all()
+        for execution_id, job_id in found:
+            job = self._lock_job(session, job_id, skip_locked=skip_locked)
+            if job is None:
+                continue
+            locked = self._lock_executions(session, select(ExecutionRecord).where(
+                col(ExecutionRecord.id) == execution_id, *where), skip_locked=skip_locked)
+            if locked:
+                yield job, locked[0]
+
     # -- jobs -------------------------------------------------------------------------------------------
 
     def submit(self, job: Job, *, force: bool = False, actor: str = "") -> JobRecord:
@@ -702,15 +717,8 @@ class Store:
         with self._tx() as session:
             expired = (col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
                        col(ExecutionRecord.lease_expires) < now)
-            found = session.exec(select(ExecutionRecord.id, ExecutionRecord.job_id).where(*expired)
-                                 .order_by(col(ExecutionRecord.job_id), col(ExecutionRecord.id))).all()
-            for execution_id, job_id in found:  # what another transaction holds is left for the next sweep
-                job = self._lock_job(session, job_id, skip_locked=True)
-                locked = self._lock_executions(session, select(ExecutionRecord).where(
-                    col(ExecutionRecord.id) == execution_id, *expired), skip_locked=True) if job else ()
-                if job is None or not locked:
-                    continue
-                execution = locked[0]
+            # what another transaction holds is left for the next sweep
+            for job, execution in self._each_locked(session, expired, skip_locked=True):
                 execution.lease_expires = None
                 if execution.desired_state == DesiredState.STOPPED:
                     self._set_state(session, execution, ExecutionState.CANCELLED, execution.state_message, now=now)
@@ -764,16 +772,8 @@ class Store:
     def _fail_node_executions(self, session: Session, node_id: str, message: str, now: int) -> int:
         mine = (col(ExecutionRecord.node_id) == node_id,
                 col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES))
-        found = session.exec(select(ExecutionRecord.id, ExecutionRecord.job_id).where(*mine)
-                             .order_by(col(ExecutionRecord.job_id), col(ExecutionRecord.id))).all()
-        rescheduled = 0
-        for execution_id, job_id in found:
-            job = self._lock_job(session, job_id)
-            locked = self._lock_executions(session, select(ExecutionRecord).where(
-                col(ExecutionRecord.id) == execution_id, *mine))
-            if job and locked:  # not completed meanwhile
-                rescheduled += self._fail(session, job, locked[0], message, now)
-        return rescheduled
+        locked = self._each_locked(session, mine)  # those completed meanwhile no longer match
+        return sum(self._fail(session, job, execution, message, now) for job, execution in locked)
 
     def find_node(self, ref: str) -> NodeRecord:
         """A node by ID or unique ID prefix."""
