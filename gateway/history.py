@@ -1,6 +1,7 @@
 """Job history: what happened to a job and its executions, in order, with Bacalhau's topics and messages.
 
-Events are written in the same transaction as the change they describe.
+Events are written in the same transaction as the change they describe, at once (a SQL Core insert, not an ORM
+object flushed later), so that their sequence numbers follow the order of the changes.
 """
 
 from __future__ import annotations
@@ -8,9 +9,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
-from gateway.models import EventRecord, ExecutionRecord, JobRecord
+from gateway.models import EVENTS, EventRecord, ExecutionRecord, JobRecord
+
+_INSERT = insert(EVENTS)
 
 
 class Topic(StrEnum):
@@ -25,15 +29,24 @@ class Topic(StrEnum):
 
 def job_event(session: Session, job: JobRecord, topic: Topic, message: str, *, previous: str = "",
               details: dict[str, Any] | None = None, now: int) -> None:
-    session.add(EventRecord(job_id=job.id, job_version=job.version, topic=topic, message=message,
-                            previous_state=previous, new_state=job.state, details=details or {}, time=now))
+    write(session, [event(job.id, job.version, "", topic, message, previous, job.state, details, now)])
 
 
 def execution_event(session: Session, execution: ExecutionRecord, topic: Topic, message: str, *,
                     previous: str = "", details: dict[str, Any] | None = None, now: int) -> None:
-    session.add(EventRecord(job_id=execution.job_id, job_version=execution.job_version, execution_id=execution.id,
-                            topic=topic, message=message, previous_state=previous,
-                            new_state=execution.compute_state, details=details or {}, time=now))
+    write(session, [event(execution.job_id, execution.job_version, execution.id, topic, message, previous,
+                          execution.compute_state, details, now)])
+
+
+def event(job_id: str, version: int, execution_id: str, topic: Topic, message: str, previous: str, new: str,
+          details: dict[str, Any] | None, now: int) -> dict[str, Any]:
+    """One event's row (`execution_id` empty for a job-level event), for `write`."""
+    return {"job_id": job_id, "job_version": version, "execution_id": execution_id, "topic": topic,
+            "message": message, "previous_state": previous, "new_state": new, "details": details or {}, "time": now}
+
+
+def write(session: Session, events: list[dict[str, Any]]) -> None:
+    session.execute(_INSERT, events)
 
 
 def read(session: Session, job_id: str, *, after: int, limit: int, level: str = "all",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -220,3 +220,17 @@ class AuditRecord(SQLModel, table=True):
     target: str
     namespace: str = ""
     detail: str = ""
+
+
+def _table(model: type[SQLModel]) -> Table:
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
+
+
+# The tables themselves, for SQL Core statements on the hot paths (claims, completions, history), where the ORM's
+# unit of work would cost more than the statements.
+JOBS = _table(JobRecord)
+EXECUTIONS = _table(ExecutionRecord)
+NODES = _table(NodeRecord)
+EVENTS = _table(EventRecord)

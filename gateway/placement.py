@@ -45,8 +45,10 @@ class Resources:
 
 
 class Node(Protocol):
-    """What placement reads of a node (a `NodeRecord`)."""
+    """What placement reads of a node (a `NodeRecord`, or a row of its table)."""
 
+    id: str
+    capacity: dict[str, Any]
     engines: list[str]
     publishers: list[str]
     storage_sources: list[str]

@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from gateway import audit, claim, history, placement
+from gateway import statements as sql
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from gateway.history import Topic
@@ -44,7 +45,6 @@ from shoal.spec import NODE_BOUND_TYPES, Job, JobType
 
 NODE_CREDENTIAL_PREFIX = "shoal_node_"
 NODE_CACHE_SECONDS = 1.0
-NODES_PER_READ = 16  # nodes read at a time when scheduling looks for one that fits
 OUTPUT_CAP = 2048
 
 
@@ -276,10 +276,7 @@ class Store:
     def _placement_reasons(session: Session, needs: Needs, *, all_nodes: bool = True) -> dict[str, list[str]]:
         """Why each connected, approved node could never run the task (judged on its whole capacity); unless
         `all_nodes`, only up to the first node that could (a node that fits is all scheduling needs to know)."""
-        nodes = session.exec(select(NodeRecord).where(
-            col(NodeRecord.membership) == NodeMembership.APPROVED,
-            col(NodeRecord.connection) == NodeConnection.CONNECTED,
-        ).execution_options(yield_per=NODES_PER_READ))  # read as needed: the first that fits often comes first
+        nodes = session.execute(sql.USABLE_NODES)  # read as needed: the first that fits often comes first
         reasons: dict[str, list[str]] = {}
         try:
             for node in nodes:
@@ -424,7 +421,10 @@ class Store:
         return node
 
     def needs(self, job: JobRecord) -> Needs:
-        return Needs.of(job.spec, self.default_cpu, self.default_memory)
+        return self._needs(job.spec)
+
+    def _needs(self, spec: dict[str, Any]) -> Needs:
+        return Needs.of(spec, self.default_cpu, self.default_memory)
 
     def heartbeat(self, node_id: str, info: NodeInfo | None, running: Sequence[str], free_slots: int = 0) -> NodeRecord:
         """Record a poll: node liveness and info, and lease renewal for the executions it still runs."""
@@ -437,43 +437,37 @@ class Store:
         """What a poll does, in one transaction: the heartbeat (when `beat`), the executions the node should
         stop (`stopped_among`) and the ones it takes now (`claim`)."""
         with self._tx() as session:
-            if beat:
-                node = self._heartbeat(session, node_id, info, running, free_slots, now_ns())
-            else:
-                found = session.get(NodeRecord, node_id)
-                if found is None:
-                    raise Unauthorized("unknown node; register the agent again")
-                node = found
+            node = self._heartbeat(session, node_id, info, running, free_slots, now_ns()) if beat else \
+                self._locked_node(session, node_id)
             return node, self._stopped_among(session, node_id, running), self._claim(session, node, limit, slots)
+
+    @staticmethod
+    def _locked_node(session: Session, node_id: str) -> NodeRecord:
+        """The node's row, locked: its claims take turns on it."""
+        found = session.execute(sql.NODE, {"node": node_id}).first()
+        if found is None:
+            raise Unauthorized("unknown node; register the agent again")
+        return NodeRecord(**found._mapping)
 
     def _heartbeat(self, session: Session, node_id: str, info: NodeInfo | None, running: Sequence[str],
                    free_slots: int, now: int) -> NodeRecord:
-        node = session.get(NodeRecord, node_id)
-        if node is None:
-            raise Unauthorized("unknown node; register the agent again")
-        node.last_heartbeat = now
+        node = self._locked_node(session, node_id)
         returned = node.connection == NodeConnection.DISCONNECTED
-        node.connection = NodeConnection.CONNECTED
-        node.free_slots = free_slots
+        node.last_heartbeat, node.connection, node.free_slots = now, NodeConnection.CONNECTED, free_slots
         if info is not None:
             _apply_info(node, info)
-        session.add(node)
+        session.execute(sql.BEAT, {"node": node_id} | {f"new_{name}": getattr(node, name) for name in sql.BEAT_COLUMNS})
         if returned:
             self._place_daemons(session, node, now)
-        mine = (col(ExecutionRecord.node_id) == node_id,
-                col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES))
         if running:
-            session.execute(
-                update(ExecutionRecord)
-                .where(col(ExecutionRecord.id).in_(list(running)), *mine)
-                .values(lease_expires=now + self.lease_ns)
-            )
+            session.execute(sql.RENEW, {"ids": list(running), "node": node_id, "lease": now + self.lease_ns})
         # executions it was told to stop and no longer runs have stopped
-        stopped = self._lock_executions(session, select(ExecutionRecord).where(
-            col(ExecutionRecord.id).not_in(list(running)), *mine,
-            col(ExecutionRecord.desired_state) == DesiredState.STOPPED))
-        for execution in stopped:
-            self._set_state(session, execution, ExecutionState.CANCELLED, execution.state_message, now=now)
+        if stopped := session.execute(sql.STOPPED_HERE, {"running": list(running), "node": node_id}).scalars().all():
+            for execution in self._lock_executions(session, select(ExecutionRecord).where(
+                    col(ExecutionRecord.id).in_(stopped), col(ExecutionRecord.node_id) == node_id,
+                    col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
+                    col(ExecutionRecord.desired_state) == DesiredState.STOPPED)):
+                self._set_state(session, execution, ExecutionState.CANCELLED, execution.state_message, now=now)
         return node
 
     def nodes(self) -> list[NodeRecord]:
@@ -488,37 +482,36 @@ class Store:
         if limit <= 0 or not node.engines or node.membership != NodeMembership.APPROVED:
             return []
         with self._tx() as session:
-            return self._claim(session, node, limit, slots)
+            return self._claim(session, self._locked_node(session, node.id), limit, slots)
 
     def _claim(self, session: Session, node: NodeRecord, limit: int, slots: int | None) -> list[Claimed]:
-        if limit <= 0 or not node.engines or node.membership != NodeMembership.APPROVED:
-            return []
-        chosen = claim.choose(session, node.id, limit, self.needs, slots=slots)
+        """Claims for `node`, whose row the caller has locked and read in this transaction."""
+        chosen = claim.choose(session, node, limit, self._needs, slots=slots)
         if not chosen:
             return []
-        executions = [execution for execution, _ in chosen]
-        jobs = {job.id: job for _, job in chosen}
         now = now_ns()  # once the claim holds its locks: leases count from here
-        for execution in executions:
-            execution.node_id = node.id
-            execution.lease_expires = now + self.lease_ns
-            execution.compute_state = ExecutionState.BID_ACCEPTED
-            execution.modify_time, execution.revision = now, execution.revision + 1
-            session.add(execution)
-        for execution in executions:
-            history.execution_event(session, execution, Topic.SCHEDULING, f"Requested execution on {node.id}",
-                                    previous=ExecutionState.NEW, now=now)
-        waiting = (JobState.PENDING, JobState.QUEUED)
-        if starting := [job.id for job in jobs.values() if job.state in waiting]:
+        lease = now + self.lease_ns
+        session.execute(sql.CLAIM, {"ids": [e.id for e, _ in chosen], "claimer": node.id, "lease": lease, "now": now})
+        events = [history.event(e.job_id, e.job_version, e.id, Topic.SCHEDULING, f"Requested execution on {node.id}",
+                                ExecutionState.NEW, ExecutionState.BID_ACCEPTED, None, now) for e, _ in chosen]
+        jobs = {job.id: job for _, job in chosen}
+        started: set[str] = set()
+        if starting := sorted(job.id for job in jobs.values() if job.state in sql.WAITING_JOB):
             # a job locked elsewhere is being stopped, or started by another claim: it needs nothing from this one
-            for job in session.exec(
-                select(JobRecord).where(col(JobRecord.id).in_(starting), col(JobRecord.state).in_(waiting))
-                .order_by(col(JobRecord.id)).with_for_update(skip_locked=True).execution_options(populate_existing=True)
-            ):
-                previous, job.state = job.state, JobState.RUNNING
-                job.modify_time, job.revision = now, job.revision + 1
-                history.job_event(session, job, Topic.STATE_UPDATE, "Running", previous=previous, now=now)
-        return [Claimed(execution, jobs[execution.job_id]) for execution in executions]
+            for job_id, version, state in session.execute(sql.STARTING, {"ids": starting}):
+                events.append(history.event(job_id, version, "", Topic.STATE_UPDATE, "Running", state,
+                                            JobState.RUNNING, None, now))
+                started.add(job_id)
+            if started:
+                session.execute(sql.START, {"ids": sorted(started), "now": now})
+        history.write(session, events)
+        claimed_jobs = {job_id: JobRecord(**dict(job._mapping)) for job_id, job in jobs.items()}
+        for job_id in started:
+            job = claimed_jobs[job_id]
+            job.state, job.modify_time, job.revision = JobState.RUNNING, now, job.revision + 1
+        return [Claimed(ExecutionRecord(**dict(e._mapping) | {
+            "node_id": node.id, "lease_expires": lease, "compute_state": ExecutionState.BID_ACCEPTED,
+            "modify_time": now, "revision": e.revision + 1}), claimed_jobs[e.job_id]) for e, _ in chosen]
 
     def _assigned(self, session: Session, node_id: str, execution_id: str) -> ExecutionRecord:
         # locked, so that an agent's reports on one execution (a late Running, a failure) apply one after another
@@ -555,7 +548,7 @@ class Store:
     def _ending(self, session: Session, node_id: str, execution_id: str) -> tuple[JobRecord, ExecutionRecord]:
         """An execution its agent ends, and its job, both locked (the job first). The ends of one job's executions
         take turns on its row: each then sees the others', so the last partition to complete always ends the job."""
-        job_id = session.exec(select(ExecutionRecord.job_id).where(col(ExecutionRecord.id) == execution_id)).first()
+        job_id = session.execute(sql.JOB_OF, {"execution": execution_id}).scalar()
         job = self._lock_job(session, job_id) if job_id else None
         execution = self._assigned(session, node_id, execution_id)
         if job is None:
@@ -649,13 +642,7 @@ class Store:
             return
         if job.type != JobType.BATCH:
             return  # daemon and service jobs run until they are stopped
-        done = session.execute(
-            select(func.count(func.distinct(ExecutionRecord.partition_index))).where(
-                col(ExecutionRecord.job_id) == job_id,
-                col(ExecutionRecord.job_version) == job.version,
-                col(ExecutionRecord.compute_state) == ExecutionState.COMPLETED,
-            )
-        ).scalar_one()
+        done = session.execute(sql.DONE_PARTITIONS, {"job": job_id, "version": job.version}).scalar_one()
         if done >= job.count:
             self._end_job(session, job, JobState.COMPLETED, "", now)
 
@@ -673,6 +660,8 @@ class Store:
         self._stop_executions(session, job, why, now)
 
     def _stop_executions(self, session: Session, job: JobRecord, why: str, now: int) -> None:
+        if not session.execute(sql.UNFINISHED, {"job": job.id}).first():  # as a job ends, often none: a cheap look
+            return
         unfinished = self._lock_executions(session, select(ExecutionRecord).where(
             col(ExecutionRecord.job_id) == job.id,
             col(ExecutionRecord.compute_state).in_([ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]),

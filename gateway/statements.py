@@ -1,0 +1,52 @@
+"""SQL Core statements for the store's hot paths (polls, claims, completions, scheduling), built once with bound
+parameters: building a statement, or the ORM's unit of work, costs more than running it."""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, func, select, update
+
+from gateway.models import (
+    ACTIVE_EXECUTION_STATES,
+    EXECUTIONS,
+    JOBS,
+    NODES,
+    DesiredState,
+    ExecutionState,
+    JobState,
+    NodeConnection,
+    NodeMembership,
+)
+
+NODES_PER_READ = 16  # nodes read at a time when scheduling looks for one that fits
+
+NODE = select(NODES).where(NODES.c.id == bindparam("node")).with_for_update()  # a node's row, locked
+
+BEAT_COLUMNS = ("last_heartbeat", "connection", "free_slots", "name", "labels", "engines", "publishers",
+                 "storage_sources", "capacity", "version")
+BEAT = update(NODES).where(NODES.c.id == bindparam("node")).values(
+    {name: bindparam(f"new_{name}") for name in BEAT_COLUMNS})
+ACTIVE_HERE = (EXECUTIONS.c.node_id == bindparam("node"), EXECUTIONS.c.compute_state.in_(ACTIVE_EXECUTION_STATES))
+RENEW = update(EXECUTIONS).where(EXECUTIONS.c.id.in_(bindparam("ids", expanding=True)), *ACTIVE_HERE).values(
+    lease_expires=bindparam("lease"))
+STOPPED_HERE = select(EXECUTIONS.c.id).where(  # executions the node was told to stop and no longer runs
+    EXECUTIONS.c.id.not_in(bindparam("running", expanding=True)), *ACTIVE_HERE,
+    EXECUTIONS.c.desired_state == DesiredState.STOPPED)
+USABLE_NODES = select(NODES).where(
+    NODES.c.membership == NodeMembership.APPROVED, NODES.c.connection == NodeConnection.CONNECTED,
+).execution_options(yield_per=NODES_PER_READ)
+JOB_OF = select(EXECUTIONS.c.job_id).where(EXECUTIONS.c.id == bindparam("execution"))
+DONE_PARTITIONS = select(func.count(func.distinct(EXECUTIONS.c.partition_index))).where(
+    EXECUTIONS.c.job_id == bindparam("job"), EXECUTIONS.c.job_version == bindparam("version"),
+    EXECUTIONS.c.compute_state == ExecutionState.COMPLETED)
+UNFINISHED = select(EXECUTIONS.c.id).where(
+    EXECUTIONS.c.job_id == bindparam("job"),
+    EXECUTIONS.c.compute_state.in_([ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]))
+WAITING_JOB = (JobState.PENDING, JobState.QUEUED)
+CLAIM = update(EXECUTIONS).where(EXECUTIONS.c.id.in_(bindparam("ids", expanding=True))).values(
+    node_id=bindparam("claimer"), lease_expires=bindparam("lease"), compute_state=ExecutionState.BID_ACCEPTED,
+    modify_time=bindparam("now"), revision=EXECUTIONS.c.revision + 1)
+STARTING = select(JOBS.c.id, JOBS.c.version, JOBS.c.state).where(
+    JOBS.c.id.in_(bindparam("ids", expanding=True)), JOBS.c.state.in_(WAITING_JOB),
+).order_by(JOBS.c.id).with_for_update(skip_locked=True)
+START = update(JOBS).where(JOBS.c.id.in_(bindparam("ids", expanding=True))).values(
+    state=JobState.RUNNING, modify_time=bindparam("now"), revision=JOBS.c.revision + 1)
