@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 from sqlmodel import Session, col, select
 
 from gateway.db import READ_ONLY
-from gateway.models import AuditRecord
+from gateway.models import AUDIT, AuditRecord
 from gateway.store import now_ns
 
 
@@ -17,7 +17,7 @@ class AuditLog:
 
     def record(self, actor: str, action: str, target: str, *, namespace: str = "", detail: str = "") -> None:
         with Session(self.engine) as session, session.begin():
-            session.add(entry(actor, action, target, namespace=namespace, detail=detail))
+            add(session, actor, action, target, namespace=namespace, detail=detail)
 
     def read(self, *, after: int = 0, limit: int = 100, actor: str = "", action: str = "") -> list[AuditRecord]:
         """Entries after sequence number `after`, oldest first."""
@@ -30,7 +30,10 @@ class AuditLog:
             return list(session.exec(query.order_by(col(AuditRecord.seq)).limit(limit)).all())
 
 
-def entry(actor: str, action: str, target: str, *, namespace: str = "", detail: str = "") -> AuditRecord:
-    """An audit record, for `AuditLog.record` or for a transaction that writes it along with what it records."""
-    return AuditRecord(time=now_ns(), actor=actor, action=action, target=target, namespace=namespace,
-                       detail=detail[:1024])
+_INSERT = insert(AUDIT)
+
+
+def add(session: Session, actor: str, action: str, target: str, *, namespace: str = "", detail: str = "") -> None:
+    """Write an entry in the session's transaction (`AuditLog.record`'s own, or one that writes what it records)."""
+    session.execute(_INSERT, [{"time": now_ns(), "actor": actor, "action": action, "target": target,
+                               "namespace": namespace, "detail": detail[:1024]}])

@@ -7,15 +7,24 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, bindparam, func, insert
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, NotFound
-from gateway.models import ACTIVE_EXECUTION_STATES, ExecutionRecord, LogChunkRecord
+from gateway.models import ACTIVE_EXECUTION_STATES, LOG_CHUNKS, ExecutionRecord, LogChunkRecord
 
 STREAMS = ("stdout", "stderr")
 MAX_CHUNK_CHARS = 64 << 10
+
+_STORED = (  # per stream of an execution: where its stored text ends, and how much of it there is
+    core_select(LOG_CHUNKS.c.stream, func.max(LOG_CHUNKS.c.offset + func.length(LOG_CHUNKS.c.data)),
+                func.sum(func.length(LOG_CHUNKS.c.data)))
+    .where(LOG_CHUNKS.c.execution_id == bindparam("execution"))
+    .group_by(LOG_CHUNKS.c.stream)
+)
+_INSERT = insert(LOG_CHUNKS)
 
 
 @dataclass(frozen=True)
@@ -86,27 +95,25 @@ class LogStore:
 
 
 def store_chunks(session: Session, execution_id: str, chunks: Sequence[Chunk], max_bytes: int) -> tuple[int, bool]:
-    """Add the chunks not stored yet to the session, up to `max_bytes` characters for the execution; returns the
+    """Store the chunks not stored yet, up to `max_bytes` characters for the execution; returns the
     characters kept and whether the cap was reached."""
     kept, capped = 0, False
-    stored = session.exec(
-        select(LogChunkRecord.stream, func.max(col(LogChunkRecord.offset) + func.length(LogChunkRecord.data)),
-               func.sum(func.length(LogChunkRecord.data)))
-        .where(col(LogChunkRecord.execution_id) == execution_id)
-        .group_by(col(LogChunkRecord.stream))
-    ).all()
+    stored = session.execute(_STORED, {"execution": execution_id}).all()
     ends = {stream: int(end or 0) for stream, end, _ in stored}
     total = sum(int(size or 0) for _, _, size in stored)
     now = time.time_ns()
+    rows = []
     for chunk in chunks:
         if chunk.offset + len(chunk.data) <= ends.get(chunk.stream, 0):
             continue  # already stored
         data = chunk.data[: max(0, max_bytes - total)]
         capped = capped or len(data) < len(chunk.data)
         if data:
-            session.add(LogChunkRecord(execution_id=execution_id, stream=chunk.stream, offset=chunk.offset,
-                                       data=data, time=now))
+            rows.append({"execution_id": execution_id, "stream": chunk.stream, "offset": chunk.offset, "data": data,
+                         "time": now})
             ends[chunk.stream] = chunk.offset + len(data)
             total += len(data)
             kept += len(data)
+    if rows:
+        session.execute(_INSERT, rows)
     return kept, capped

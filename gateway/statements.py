@@ -3,11 +3,14 @@ parameters: building a statement, or the ORM's unit of work, costs more than run
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, select, update
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, update
 
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
     EXECUTIONS,
+    JOB_VERSIONS,
     JOBS,
     NODES,
     DesiredState,
@@ -19,12 +22,34 @@ from gateway.models import (
 
 NODES_PER_READ = 16  # nodes read at a time when scheduling looks for one that fits
 
+
+
+def setting(*columns: str) -> dict[str, Any]:
+    """An UPDATE's SET clause for `columns`, whose values are the parameters `new_<column>` (see `new`)."""
+    return {name: bindparam(f"new_{name}") for name in columns}
+
+
+def new(values: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a `setting` clause."""
+    return {f"new_{name}": value for name, value in values.items()}
+
+
 NODE = select(NODES).where(NODES.c.id == bindparam("node")).with_for_update()  # a node's row, locked
+JOB = select(JOBS).where(JOBS.c.id == bindparam("job")).with_for_update()
+EXECUTION = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("execution")).with_for_update()
+INSERT_JOB = insert(JOBS)
+INSERT_VERSION = insert(JOB_VERSIONS)
+INSERT_EXECUTIONS = insert(EXECUTIONS)
+QUEUE_JOB = update(JOBS).where(JOBS.c.id == bindparam("job")).values(setting("state", "state_message"))
+END_JOB = update(JOBS).where(JOBS.c.id == bindparam("job")).values(
+    setting("state", "state_message", "modify_time", "revision"))
+COMPLETE = update(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("execution")).values(setting(
+    "compute_state", "state_message", "exit_code", "stdout", "stdout_truncated", "stderr", "stderr_truncated",
+    "result_key", "result_size", "result_sha256", "lease_expires", "modify_time", "revision"))
 
 BEAT_COLUMNS = ("last_heartbeat", "connection", "free_slots", "name", "labels", "engines", "publishers",
                  "storage_sources", "capacity", "version")
-BEAT = update(NODES).where(NODES.c.id == bindparam("node")).values(
-    {name: bindparam(f"new_{name}") for name in BEAT_COLUMNS})
+BEAT = update(NODES).where(NODES.c.id == bindparam("node")).values(setting(*BEAT_COLUMNS))
 ACTIVE_HERE = (EXECUTIONS.c.node_id == bindparam("node"), EXECUTIONS.c.compute_state.in_(ACTIVE_EXECUTION_STATES))
 RENEW = update(EXECUTIONS).where(EXECUTIONS.c.id.in_(bindparam("ids", expanding=True)), *ACTIVE_HERE).values(
     lease_expires=bindparam("lease"))

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, Row, func
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from gateway import audit, claim, history, placement
@@ -29,6 +30,7 @@ from gateway.history import Topic
 from gateway.log_store import Chunk, store_chunks
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
+    JOBS,
     DesiredState,
     EventRecord,
     ExecutionRecord,
@@ -153,8 +155,8 @@ class Store:
         with self._tx() as session:
             record = self._submit(session, job, spec, force, now)
             if actor:
-                session.add(audit.entry(actor, "job.submit", record.id, namespace=record.namespace,
-                                        detail=f"version {record.version}"))
+                audit.add(session, actor, "job.submit", record.id, namespace=record.namespace,
+                          detail=f"version {record.version}")
         return record
 
     def _submit(self, session: Session, job: Job, spec: dict[str, Any], force: bool, now: int) -> JobRecord:
@@ -174,8 +176,9 @@ class Store:
         record = JobRecord(id=job_id, namespace=job.Namespace, name=job.Name or job_id, type=job.Type,
                            spec={}, create_time=now, modify_time=now)
         self._set_spec(record, spec | {"Name": record.name})
-        session.add(record)
-        session.add(JobVersionRecord(job_id=job_id, version=1, spec=record.spec, create_time=now))
+        # written with SQL Core: the record stays out of the session, and what changes it later writes the same way
+        session.execute(sql.INSERT_JOB, [{column.name: getattr(record, column.name) for column in JOBS.columns}])
+        session.execute(sql.INSERT_VERSION, [{"job_id": job_id, "version": 1, "spec": record.spec, "create_time": now}])
         history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
         self._schedule(session, record, now)
         return record
@@ -210,7 +213,7 @@ class Store:
         job.total_timeout = int(timeouts.get("TotalTimeout") or 0)
 
     def _new_version(self, session: Session, job: JobRecord, spec: dict[str, Any], message: str, now: int) -> None:
-        self._stop_executions(session, job, "Execution stop requested because job has been updated", now)
+        self._stop_executions(session, job.id, "Execution stop requested because job has been updated", now)
         previous = job.state
         job.version += 1
         self._set_spec(job, spec | {"Name": job.name})
@@ -218,7 +221,8 @@ class Store:
         job.create_time = job.modify_time = now  # timeouts count from the new version's submission
         job.revision += 1
         session.add(job)
-        session.add(JobVersionRecord(job_id=job.id, version=job.version, spec=job.spec, create_time=now))
+        session.execute(sql.INSERT_VERSION, [{"job_id": job.id, "version": job.version, "spec": job.spec,
+                                              "create_time": now}])
         history.job_event(session, job, Topic.SUBMISSION, message, previous=previous, now=now)
         self._schedule(session, job, now)
 
@@ -239,11 +243,11 @@ class Store:
             if not record.queue_timeout:
                 self._end_job(session, record, JobState.FAILED, message, now)
                 return
-            record.state, record.state_message = JobState.QUEUED, message
+            _write(session, sql.QUEUE_JOB, record, {"state": JobState.QUEUED, "state_message": message})
             history.job_event(session, record, Topic.QUEUEING, "Job queued", previous=JobState.PENDING,
                               details={"Reason": message}, now=now)
-        for index in range(record.count):
-            session.add(self._new_execution(record, needs, index, attempt=1, now=now))
+        session.execute(sql.INSERT_EXECUTIONS, [self._new_execution(record, needs, index, attempt=1, now=now)
+                                                for index in range(record.count)])
 
     def _place_on_nodes(self, session: Session, job: JobRecord, needs: Needs, reasons: dict[str, list[str]],
                         now: int) -> None:
@@ -252,8 +256,9 @@ class Store:
         suitable = sorted(node for node, why in reasons.items() if not why)
         if not suitable and job.type == JobType.OPS:
             self._end_job(session, job, JobState.FAILED, placement.not_enough_nodes(1, reasons), now)
-        for node_id in suitable:
-            session.add(self._new_execution(job, needs, 0, attempt=1, now=now, node_id=node_id))
+        if suitable:
+            session.execute(sql.INSERT_EXECUTIONS, [self._new_execution(job, needs, 0, attempt=1, now=now,
+                                                                        node_id=node_id) for node_id in suitable])
 
     def _place_daemons(self, session: Session, node: NodeRecord, now: int) -> None:
         """Give a node that joined (or came back) an execution of every daemon job it can run."""
@@ -270,7 +275,8 @@ class Store:
             )).first()
             needs = self.needs(job)
             if has_one is None and not placement.unsuitable(node, needs, Resources.from_capacity(node.capacity)):
-                session.add(self._new_execution(job, needs, 0, attempt=1, now=now, node_id=node.id))
+                session.execute(sql.INSERT_EXECUTIONS, [self._new_execution(job, needs, 0, attempt=1, now=now,
+                                                                            node_id=node.id)])
 
     @staticmethod
     def _placement_reasons(session: Session, needs: Needs, *, all_nodes: bool = True) -> dict[str, list[str]]:
@@ -288,24 +294,25 @@ class Store:
         return reasons
 
     @staticmethod
-    def _new_execution(job: JobRecord, needs: Needs, index: int, *, attempt: int, now: int,
-                       node_id: str | None = None) -> ExecutionRecord:
-        return ExecutionRecord(
-            node_id=node_id,
-            id=f"e-{uuid.uuid4()}",
-            job_id=job.id,
-            namespace=job.namespace,
-            job_version=job.version,
-            partition_index=index,
-            attempt=attempt,
-            engine=needs.engine,
-            cpu=needs.resources.cpu,
-            memory=int(needs.resources.memory),
-            disk=int(needs.resources.disk),
-            gpu=int(needs.resources.gpu),
-            create_time=now,
-            modify_time=now,
-        )
+    def _new_execution(job: JobRecord | Row[Any], needs: Needs, index: int, *, attempt: int, now: int,
+                       node_id: str | None = None) -> dict[str, Any]:
+        """A waiting execution's row (the table's defaults fill in the rest), for `sql.INSERT_EXECUTIONS`."""
+        return {
+            "id": f"e-{uuid.uuid4()}",
+            "node_id": node_id,
+            "job_id": job.id,
+            "namespace": job.namespace,
+            "job_version": job.version,
+            "partition_index": index,
+            "attempt": attempt,
+            "engine": needs.engine,
+            "cpu": needs.resources.cpu,
+            "memory": int(needs.resources.memory),
+            "disk": int(needs.resources.disk),
+            "gpu": int(needs.resources.gpu),
+            "create_time": now,
+            "modify_time": now,
+        }
 
     def named_job(self, namespace: str, name: str) -> JobRecord | None:
         """The job with exactly this Name in the namespace, if any (what a submission with that Name updates)."""
@@ -456,7 +463,7 @@ class Store:
         node.last_heartbeat, node.connection, node.free_slots = now, NodeConnection.CONNECTED, free_slots
         if info is not None:
             _apply_info(node, info)
-        session.execute(sql.BEAT, {"node": node_id} | {f"new_{name}": getattr(node, name) for name in sql.BEAT_COLUMNS})
+        session.execute(sql.BEAT, {"node": node_id} | sql.new({name: getattr(node, name) for name in sql.BEAT_COLUMNS}))
         if returned:
             self._place_daemons(session, node, now)
         if running:
@@ -517,11 +524,7 @@ class Store:
         # locked, so that an agent's reports on one execution (a late Running, a failure) apply one after another
         # and each sees the state the one before left (PostgreSQL; SQLite has one writer at a time)
         execution = session.get(ExecutionRecord, execution_id, with_for_update=True, populate_existing=True)
-        if execution is None or execution.node_id != node_id:
-            raise NotFound(f"execution {execution_id} is not assigned to this node")
-        if execution.compute_state not in ACTIVE_EXECUTION_STATES:
-            raise Conflict(f"execution {execution_id} is {execution.compute_state}: it may not be updated")
-        return execution
+        return _checked_assignment(execution, node_id, execution_id)
 
     def update_status(self, node_id: str, execution_id: str, state: ExecutionState, message: str = "") -> None:
         """An agent says an execution it holds is Running or Publishing; the lease is renewed."""
@@ -545,12 +548,14 @@ class Store:
                             details={"Size": size, "SHA256": sha256}, now=now)
         return key
 
-    def _ending(self, session: Session, node_id: str, execution_id: str) -> tuple[JobRecord, ExecutionRecord]:
-        """An execution its agent ends, and its job, both locked (the job first). The ends of one job's executions
-        take turns on its row: each then sees the others', so the last partition to complete always ends the job."""
+    def _ending(self, session: Session, node_id: str, execution_id: str) -> tuple[Row[Any], Row[Any]]:
+        """An execution its agent ends, and its job (their rows), both locked (the job first). The ends of one job's
+        executions take turns on its row: each then sees the others', so the last partition to complete always ends
+        the job."""
         job_id = session.execute(sql.JOB_OF, {"execution": execution_id}).scalar()
-        job = self._lock_job(session, job_id) if job_id else None
-        execution = self._assigned(session, node_id, execution_id)
+        job = session.execute(sql.JOB, {"job": job_id}).first() if job_id else None
+        execution = _checked_assignment(session.execute(sql.EXECUTION, {"execution": execution_id}).first(), node_id,
+                                        execution_id)
         if job is None:
             raise NotFound(f"execution {execution_id} has no job")
         return job, execution
@@ -572,33 +577,43 @@ class Store:
             job, execution = self._ending(session, node_id, execution_id)
             if logs:
                 kept, _ = store_chunks(session, execution_id, logs, log_cap)
-            if execution.compute_state == ExecutionState.BID_ACCEPTED and outcome.started:
-                self._set_state(session, execution, ExecutionState.RUNNING, str(ExecutionState.RUNNING),
-                                now=min(max(outcome.started, execution.modify_time), now))
-            execution.exit_code = outcome.exit_code
-            execution.stdout, execution.stdout_truncated = _capped(outcome.stdout, outcome.stdout_truncated)
-            execution.stderr, execution.stderr_truncated = _capped(outcome.stderr, outcome.stderr_truncated)
-            if published:
-                execution.result_size, execution.result_sha256 = execution.upload_size, execution.upload_sha256
-            else:
-                execution.result_key = None
-            execution.lease_expires = None
-            self._set_state(session, execution, ExecutionState.COMPLETED, "Completed successfully",
-                            details={"ExitCode": outcome.exit_code}, now=now)
-            if job.type == JobType.SERVICE and not JobState(job.state).terminal:
+            previous, revision, events = execution.compute_state, execution.revision + 1, []
+            if previous == ExecutionState.BID_ACCEPTED and outcome.started:
+                events.append(history.event(
+                    job.id, execution.job_version, execution_id, Topic.EXECUTION, str(ExecutionState.RUNNING),
+                    previous, ExecutionState.RUNNING, None, min(max(outcome.started, execution.modify_time), now)))
+                previous, revision = ExecutionState.RUNNING, revision + 1
+            stdout, stdout_truncated = _capped(outcome.stdout, outcome.stdout_truncated)
+            stderr, stderr_truncated = _capped(outcome.stderr, outcome.stderr_truncated)
+            session.execute(sql.COMPLETE, {"execution": execution_id} | sql.new({
+                "compute_state": ExecutionState.COMPLETED, "state_message": "Completed successfully",
+                "exit_code": outcome.exit_code, "stdout": stdout, "stdout_truncated": stdout_truncated,
+                "stderr": stderr, "stderr_truncated": stderr_truncated,
+                "result_key": execution.result_key if published else None,
+                "result_size": execution.upload_size if published else None,
+                "result_sha256": execution.upload_sha256 if published else None,
+                "lease_expires": None, "modify_time": now, "revision": revision}))
+            events.append(history.event(job.id, execution.job_version, execution_id, Topic.EXECUTION,
+                                        "Completed successfully", previous, ExecutionState.COMPLETED,
+                                        {"ExitCode": outcome.exit_code}, now))
+            history.write(session, events)
+            if job.type != JobType.SERVICE:
+                self._settle_job(session, job, now)
+            elif not JobState(job.state).terminal:
                 if execution.attempt < self.max_attempts:
                     self._replace(session, job, execution, "a service replica exited", now)
                 else:  # a replica that keeps exiting is not a service that runs
                     self._end_job(session, job, JobState.FAILED,
                                   f"Job failed because a service replica exited {execution.attempt} times", now)
-            self._settle_job(session, execution.job_id, now)
         return kept
 
     def fail(self, node_id: str, execution_id: str, message: str) -> bool:
         """A system error ended the execution; returns True when it was rescheduled."""
         now = now_ns()
         with self._tx() as session:
-            job, execution = self._ending(session, node_id, execution_id)
+            job_row, execution_row = self._ending(session, node_id, execution_id)
+            job, execution = session.get(JobRecord, job_row.id), session.get(ExecutionRecord, execution_row.id)
+            assert job is not None and execution is not None  # locked by this transaction
             return self._fail(session, job, execution, message, now)
 
     def _fail(self, session: Session, job: JobRecord, execution: ExecutionRecord, message: str, now: int) -> bool:
@@ -610,7 +625,7 @@ class Store:
         if JobState(job.state).terminal:
             return False
         if job.type in NODE_BOUND_TYPES:  # bound to its node: not retried elsewhere
-            self._settle_job(session, job.id, now)
+            self._settle_job(session, job, now)
             return False
         if execution.attempt < self.max_attempts:
             self._replace(session, job, execution, f"attempt {execution.attempt + 1} of {self.max_attempts}", now)
@@ -622,19 +637,22 @@ class Store:
         )
         return False
 
-    def _replace(self, session: Session, job: JobRecord, ended: ExecutionRecord, why: str, now: int) -> None:
-        retry = self._new_execution(job, self.needs(job), ended.partition_index, attempt=ended.attempt + 1, now=now)
-        session.add(retry)
-        history.execution_event(session, retry, Topic.SCHEDULING,
-                                f"Retrying partition {retry.partition_index} ({why})", now=now)
+    def _replace(self, session: Session, job: JobRecord | Row[Any], ended: ExecutionRecord | Row[Any], why: str,
+                 now: int) -> None:
+        retry = self._new_execution(job, self._needs(job.spec), ended.partition_index, attempt=ended.attempt + 1,
+                                    now=now)
+        session.execute(sql.INSERT_EXECUTIONS, [retry])
+        history.write(session, [history.event(job.id, job.version, retry["id"], Topic.SCHEDULING,
+                                              f"Retrying partition {ended.partition_index} ({why})", "",
+                                              ExecutionState.NEW, None, now)])
 
-    def _settle_job(self, session: Session, job_id: str, now: int) -> None:
-        job = session.get(JobRecord, job_id)
-        if job is None or JobState(job.state).terminal:
+    def _settle_job(self, session: Session, job: JobRecord | Row[Any], now: int) -> None:
+        """End the job (as it is now, locked) if its executions are done."""
+        if JobState(job.state).terminal:
             return
         if job.type == JobType.OPS:
             states = session.exec(select(ExecutionRecord.compute_state).where(
-                col(ExecutionRecord.job_id) == job_id, col(ExecutionRecord.job_version) == job.version)).all()
+                col(ExecutionRecord.job_id) == job.id, col(ExecutionRecord.job_version) == job.version)).all()
             if all(ExecutionState(state).terminal for state in states):
                 failed = ExecutionState.FAILED in states
                 self._end_job(session, job, JobState.FAILED if failed else JobState.COMPLETED,
@@ -642,28 +660,28 @@ class Store:
             return
         if job.type != JobType.BATCH:
             return  # daemon and service jobs run until they are stopped
-        done = session.execute(sql.DONE_PARTITIONS, {"job": job_id, "version": job.version}).scalar_one()
+        done = session.execute(sql.DONE_PARTITIONS, {"job": job.id, "version": job.version}).scalar_one()
         if done >= job.count:
             self._end_job(session, job, JobState.COMPLETED, "", now)
 
-    def _end_job(self, session: Session, job: JobRecord, state: JobState, message: str, now: int,
+    def _end_job(self, session: Session, job: JobRecord | Row[Any], state: JobState, message: str, now: int,
                  topic: Topic = Topic.STATE_UPDATE) -> None:
+        """End the job (its row, or its record in the session, which is brought up to date)."""
         previous = job.state
-        job.state, job.state_message = state, message
-        job.modify_time, job.revision = now, job.revision + 1
-        session.add(job)
+        _write(session, sql.END_JOB, job, {"state": state, "state_message": message, "modify_time": now,
+                                           "revision": job.revision + 1})
         event = {JobState.STOPPED: message, JobState.COMPLETED: "Job completed"}.get(state, message)
-        history.job_event(session, job, topic, event, previous=previous, now=now,
-                          details={"IsError": True} if state == JobState.FAILED else None)
+        history.write(session, [history.event(job.id, job.version, "", topic, event, previous, state,
+                                              {"IsError": True} if state == JobState.FAILED else None, now)])
         why = "Execution stop requested because job " + {
             JobState.STOPPED: "has been stopped", JobState.FAILED: "has failed"}.get(state, f"is {state}")
-        self._stop_executions(session, job, why, now)
+        self._stop_executions(session, job.id, why, now)
 
-    def _stop_executions(self, session: Session, job: JobRecord, why: str, now: int) -> None:
-        if not session.execute(sql.UNFINISHED, {"job": job.id}).first():  # as a job ends, often none: a cheap look
+    def _stop_executions(self, session: Session, job_id: str, why: str, now: int) -> None:
+        if not session.execute(sql.UNFINISHED, {"job": job_id}).first():  # as a job ends, often none: a cheap look
             return
         unfinished = self._lock_executions(session, select(ExecutionRecord).where(
-            col(ExecutionRecord.job_id) == job.id,
+            col(ExecutionRecord.job_id) == job_id,
             col(ExecutionRecord.compute_state).in_([ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]),
         ))
         for execution in unfinished:
@@ -843,6 +861,24 @@ def _apply_info(node: NodeRecord, info: NodeInfo) -> None:
     node.storage_sources = sorted(set(info.storage_sources))
     node.capacity = dict(info.capacity or {})
     node.version = info.version or node.version
+
+
+def _write(session: Session, statement: Any, job: JobRecord | Row[Any], values: dict[str, Any]) -> None:
+    """Set `values` on a job with an UPDATE (`statement`, of `sql.setting`) and on its record, if it is one (as
+    written: the session does not write them again)."""
+    session.execute(statement, {"job": job.id} | sql.new(values))
+    if isinstance(job, JobRecord):
+        for name, value in values.items():
+            set_committed_value(job, name, value)
+
+
+def _checked_assignment(execution: Any, node_id: str, execution_id: str) -> Any:
+    """The execution (its record or row) if the node may report on it now."""
+    if execution is None or execution.node_id != node_id:
+        raise NotFound(f"execution {execution_id} is not assigned to this node")
+    if execution.compute_state not in ACTIVE_EXECUTION_STATES:
+        raise Conflict(f"execution {execution_id} is {execution.compute_state}: it may not be updated")
+    return execution
 
 
 def _capped(text: str, truncated: bool) -> tuple[str, bool]:

@@ -118,22 +118,28 @@ def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: 
     stores = [Store(e, lease_seconds=60, max_attempts=3, queue_timeout=3600) for e in engines]
     nodes = [node(s, "wasm") for s in stores]
     claimed: list[list[str]] = [[] for _ in range(workers)]
+    found_none = [False] * workers
     errors: list[BaseException] = []
-    start = threading.Barrier(workers)
+    rounds = threading.Barrier(workers)
 
     def claimer(index: int) -> None:
+        # in rounds that every claimer starts at once, so that each claim races the others' (a claimer left to
+        # loop on its own would take everything while the others wait on the lock)
         try:
-            start.wait(10)
             while True:
+                rounds.wait(10)
                 got = stores[index].claim(nodes[index], per_claim)
-                if not got:
-                    return
+                found_none[index] = not got
                 assert len({item.execution.id for item in got}) == len(got), "one claim took an execution twice"
                 for item in got:
                     assert item.execution.node_id == nodes[index].id
                     assert item.job.id == item.execution.job_id
                 claimed[index].extend(item.execution.id for item in got)
+                rounds.wait(10)
+                if all(found_none):
+                    return
         except BaseException as exc:  # reported below, with the thread's failure
+            rounds.abort()
             errors.append(exc)
 
     threads = [threading.Thread(target=claimer, args=(i,)) for i in range(workers)]
