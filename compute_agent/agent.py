@@ -227,10 +227,10 @@ class Agent:
         run = self._task_run(assignment)
         loop = asyncio.get_running_loop()
 
-        def started() -> None:
+        def task_started() -> None:
             loop.call_soon_threadsafe(begun.set)
 
-        run.started = started
+        run.started = task_started
         spec = assignment["Task"]
         worker: asyncio.Future[int] | None = None
         shipper: LogShipper | None = None
