@@ -30,7 +30,7 @@ from gateway import (
 from gateway.audit import AuditLog
 from gateway.auth import Authenticator, AuthMiddleware, FailureLimiter, is_loopback
 from gateway.auth_config import load_auth_config
-from gateway.db import make_engine
+from gateway.db import Checkpointer, make_engine
 from gateway.errors import ConfigurationError, GatewayError, error_body
 from gateway.log_store import LogStore
 from gateway.notify import PgRelay, WorkSignal
@@ -73,12 +73,15 @@ def create_app(settings: Settings) -> Starlette:
             dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             relay = PgRelay(dsn, [svc.work, svc.new_logs], asyncio.get_running_loop())
             relay.start()
+        checkpointer = Checkpointer.start_for(engine)
         task = asyncio.create_task(housekeeping.run_forever(svc))
         try:
             yield
         finally:
             if relay is not None:
                 relay.stop()
+            if checkpointer is not None:
+                checkpointer.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -9,6 +9,7 @@ so replicas starting together on one empty database create the schema once and t
 from __future__ import annotations
 
 import functools
+import logging
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,12 @@ VERSION_TABLE = "alembic_version"
 BASELINE = "0001"  # the schema `create_all` made before there were migrations
 MIGRATION_LOCK = 0x5348_4F41_4C5F_4442  # the PostgreSQL advisory lock's key: "SHOAL_DB"
 UPGRADE_HINT = "run: shoal db upgrade"
+# SQLite: pages in the write-ahead log after which a commit copies it into the database itself (which can take tens
+# of milliseconds); a gateway's Checkpointer does it every CHECKPOINT_SECONDS from a thread of its own instead
+WAL_AUTOCHECKPOINT = 10_000
+CHECKPOINT_SECONDS = 1.0
+
+log = logging.getLogger("shoal.gateway.db")
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,40 @@ def new_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     return engine
+
+
+class Checkpointer:
+    """Copies a SQLite database's write-ahead log into it every CHECKPOINT_SECONDS (a PASSIVE checkpoint, which
+    waits on no reader or writer), so that no request's commit has to."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sqlite-checkpoint")
+
+    @classmethod
+    def start_for(cls, engine: Engine) -> Checkpointer | None:
+        """A running Checkpointer for a SQLite file database; None for any other."""
+        if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+            return None
+        checkpointer = cls(engine)
+        checkpointer._thread.start()
+        return checkpointer
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_SECONDS):
+            try:
+                connection = self.engine.raw_connection()  # in autocommit mode (see _tune_sqlite): no BEGIN
+                try:
+                    connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+                finally:
+                    connection.close()
+            except Exception as exc:  # the next one tries again; meanwhile commits checkpoint as they need
+                log.warning("could not checkpoint the database's write-ahead log: %s", exc)
 
 
 def upgrade_schema(engine: Engine) -> tuple[SchemaStatus, SchemaStatus]:
@@ -256,6 +297,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

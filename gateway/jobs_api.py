@@ -19,7 +19,7 @@ from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.models import ExecutionState, JobRecord
 from gateway.redaction import redact_spec
 from gateway.services import Services, query_int, read_body, read_json, services
-from gateway.uploads_api import check_managed_inputs
+from gateway.uploads_api import check_managed_inputs, has_managed_inputs
 from shoal.documents import load_document
 from shoal.errors import SpecError
 from shoal.selector import parse_selector
@@ -34,7 +34,8 @@ async def submit(request: Request) -> JSONResponse:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     job, warnings, force = _parse(body, bare=content_type in _YAML_TYPES)
     _place_in_namespace(request, job)
-    await run_in_threadpool(check_managed_inputs, svc, job)
+    if has_managed_inputs(job):  # looked up in the object store
+        await run_in_threadpool(check_managed_inputs, svc, job)
     record = await run_in_threadpool(svc.store.submit, job, force=force, actor=principal(request).name)
     _announce(svc, record)
     return JSONResponse({"JobID": record.id, "JobVersion": record.version, "EvaluationID": "",

@@ -49,7 +49,9 @@ async def calling_node(request: Request) -> NodeRecord:
     credential = bearer(request)
     if not credential:
         raise Unauthorized("the agent API needs the node credential as a Bearer token")
-    return await run_in_threadpool(services(request).store.authenticate_node, credential)
+    store = services(request).store
+    node = store.remembered_node(credential)  # most calls: no thread, no database
+    return node if node is not None else await run_in_threadpool(store.authenticate_node, credential)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

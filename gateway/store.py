@@ -412,20 +412,21 @@ class Store:
         """The node a credential belongs to. A node found is remembered for NODE_CACHE_SECONDS, so that an
         agent's calls in quick succession do not each read it again (a rejected or deleted node's executions
         fail at once, so it can finish nothing meanwhile)."""
+        node = self.remembered_node(credential)
+        if node is not None:
+            return node
         digest = _sha256(credential)
-        cached = self._nodes.get(digest)
-        if cached is not None and cached[1] > time.monotonic():
-            node: NodeRecord | None = cached[0]
-        else:
-            with self._read() as session:
-                node = session.exec(select(NodeRecord).where(col(NodeRecord.credential_sha256) == digest)).first()
-            if node is not None:
-                self._nodes[digest] = (node, time.monotonic() + NODE_CACHE_SECONDS)
-        if node is None:
+        with self._read() as session:
+            found = session.exec(select(NodeRecord).where(col(NodeRecord.credential_sha256) == digest)).first()
+        if found is None:
             raise Unauthorized("unknown node credential; register the agent again")
-        if node.membership == NodeMembership.REJECTED:
-            raise Forbidden(f"node {node.id} has been rejected")
-        return node
+        self._nodes[digest] = (found, time.monotonic() + NODE_CACHE_SECONDS)
+        return _admitted(found)
+
+    def remembered_node(self, credential: str) -> NodeRecord | None:
+        """`authenticate_node` without the database: the node if it is remembered, else None."""
+        cached = self._nodes.get(_sha256(credential))
+        return _admitted(cached[0]) if cached is not None and cached[1] > time.monotonic() else None
 
     def needs(self, job: JobRecord) -> Needs:
         return self._needs(job.spec)
@@ -861,6 +862,12 @@ def _apply_info(node: NodeRecord, info: NodeInfo) -> None:
     node.storage_sources = sorted(set(info.storage_sources))
     node.capacity = dict(info.capacity or {})
     node.version = info.version or node.version
+
+
+def _admitted(node: NodeRecord) -> NodeRecord:
+    if node.membership == NodeMembership.REJECTED:
+        raise Forbidden(f"node {node.id} has been rejected")
+    return node
 
 
 def _write(session: Session, statement: Any, job: JobRecord | Row[Any], values: dict[str, Any]) -> None:

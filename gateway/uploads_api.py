@@ -53,6 +53,10 @@ async def create(request: Request) -> JSONResponse:
     }, status_code=201)
 
 
+def has_managed_inputs(job: Job) -> bool:
+    return any(source.Source.Type == SourceType.MANAGED for source in job.task.InputSources)
+
+
 def check_managed_inputs(svc: Services, job: Job) -> None:
     """Every managed input must be an upload of the job's namespace that has arrived; its size and digest
     are recorded in the spec so the agent can check what it fetches."""
