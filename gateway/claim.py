@@ -1,6 +1,6 @@
 """Claiming: a polling node takes the waiting executions it may run now.
 
-Runs inside the store's transaction. The node's row is locked first, so two claims for one node never
+Runs inside the store's transaction, which has locked the node's row first, so two claims for one node never
 over-commit it; the executions it chooses are then locked with SKIP LOCKED where they still wait (PostgreSQL),
 or claims are serialised by SQLite's write lock, so no execution is ever claimed twice.
 """
@@ -13,8 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Row, String, bindparam, exists, select, tuple_
-from sqlmodel import Session
+from sqlalchemy import Connection, Row, String, bindparam, exists, select, tuple_
 
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
@@ -50,35 +49,31 @@ _STILL_WAITING = select(EXECUTIONS.c.id).where(
 ).with_for_update(skip_locked=True)
 
 
-def free_capacity(session: Session, node: Node) -> Resources:
-    """The node's capacity less what its active executions asked for."""
-    return _free(node, session.execute(_USED, {"node": node.id}).all())
-
-
-def _free(node: Node, used: Sequence[Row[Any]]) -> Resources:
+def _free(node: Node, used: Sequence[Row[Any, Any, Any, Any]]) -> Resources:
+    """The node's capacity less what its active executions (`used`, rows of `_USED`) asked for."""
     return Resources.from_capacity(node.capacity) - sum((Resources(*row) for row in used), Resources())
 
 
-def choose(session: Session, node: NodeRecord, limit: int, needs_of: Callable[[dict[str, Any]], Needs], *,
+def choose(db: Connection, node: NodeRecord, limit: int, needs_of: Callable[[dict[str, Any]], Needs], *,
            slots: int | None = None) -> list[tuple[Row[Any], Row[Any]]]:
     """The waiting executions the node should take now, with their jobs (rows of both tables); `node` is its row,
-    which the caller has locked and read in this transaction. At most `limit`, and with `slots` (how many the node
-    runs at once) no more than its slots not taken by its active executions; the caller marks them claimed.
+    which the caller has locked and read in the transaction of `db`. At most `limit`, and with `slots` (how many
+    the node runs at once) no more than its slots not taken by its active executions; the caller marks them claimed.
     Counting the node's executions here, under its row lock, means a poll never takes more than the node can run,
     however its completions and polls interleave."""
     if limit <= 0 or node.membership != NodeMembership.APPROVED or not node.engines:
         return []
-    used = session.execute(_USED, {"node": node.id}).all()
+    used = db.execute(_USED, {"node": node.id}).all()
     if slots is not None:
         limit = min(limit, slots - len(used))
         if limit <= 0:
             return []
-    scan = _Scan(session, node, needs_of, _free(node, used))
-    serialised = session.get_bind().dialect.name == "sqlite"  # SQLite's write lock: nothing chosen is lost
+    scan = _Scan(db, node, needs_of, _free(node, used))
+    serialised = db.dialect.name == "sqlite"  # SQLite's write lock: nothing chosen is lost
     taken: list[Row[Any]] = []
     for _ in range(ROUNDS):
         chosen = scan.pick(limit - len(taken))
-        locked = [e for e, _ in chosen.values()] if serialised else _locked(session, node.id, chosen)
+        locked = [e for e, _ in chosen.values()] if serialised else _locked(db, node.id, chosen)
         taken += locked
         lost = chosen.keys() - {e.id for e in locked}
         if not lost or len(taken) == limit or scan.done:
@@ -125,9 +120,9 @@ class _Scan:
     node's resources are taken now (it is busy, not unsuited: looking further would mostly find more of the
     same, at a query per job), or MAX_SKIPPED jobs were passed over."""
 
-    def __init__(self, session: Session, node: NodeRecord, needs_of: Callable[[dict[str, Any]], Needs],
+    def __init__(self, db: Connection, node: NodeRecord, needs_of: Callable[[dict[str, Any]], Needs],
                  free: Resources) -> None:
-        self.session, self.node, self.needs_of, self.free = session, node, needs_of, free
+        self.db, self.node, self.needs_of, self.free = db, node, needs_of, free
         self.capacity = Resources.from_capacity(node.capacity)
         self.skipped: set[str] = set()  # jobs this node cannot take now: their other executions are not looked at
         self.seen: set[str] = set()  # executions taken by this claim, or first by a claim on another replica
@@ -144,7 +139,7 @@ class _Scan:
         for execution, needs in self._candidates(wanted):
             if unsuitable(node, needs, self.free) or (
                     not all(matches(p, node.labels) for p in needs.preferences)
-                    and _preferred_elsewhere(self.session, node, needs)):
+                    and _preferred_elsewhere(self.db, node, needs)):
                 self.skipped.add(execution.job_id)
                 if unsuitable(node, needs, self.capacity):
                     _NEVER.add(self.key, execution.job_id, execution.job_version)
@@ -185,33 +180,33 @@ class _Scan:
             if after is not None:
                 query = query.where(tuple_(EXECUTIONS.c.create_time, EXECUTIONS.c.partition_index,
                                            EXECUTIONS.c.id) > after)
-            batch = self.session.execute(query.limit(size), params).all()
+            batch = self.db.execute(query, params | {"size": size}).all()
             if not batch:
                 return
             scanned += len(batch)
             size = min(2 * size, BATCH)
             after = (batch[-1].create_time, batch[-1].partition_index, batch[-1].id)
             if unread := {e.job_id for e in batch} - self.jobs.keys():
-                for job in self.session.execute(_JOBS, {"ids": list(unread)}):
+                for job in self.db.execute(_JOBS, {"ids": list(unread)}):
                     self.jobs[job.id], self.needs[job.id] = job, self.needs_of(job.spec)
             for execution in batch:
                 if execution.job_id in self.jobs and execution.job_id not in self.skipped:
                     yield execution, self.needs[execution.job_id]
 
 
-def _locked(session: Session, node_id: str, chosen: dict[str, tuple[Row[Any], Needs]]) -> list[Row[Any]]:
+def _locked(db: Connection, node_id: str, chosen: dict[str, tuple[Row[Any], Needs]]) -> list[Row[Any]]:
     """Those of the chosen executions this claim could lock while they still wait: a claim on another replica
     may have taken some meanwhile (PostgreSQL). Only chosen executions are locked, so a claim never hides from the
     others work it does not take."""
     if not chosen:
         return []
-    ids = set(session.execute(_STILL_WAITING, {"ids": list(chosen), "node": node_id}).scalars())
+    ids = set(db.execute(_STILL_WAITING, {"ids": list(chosen), "node": node_id}).scalars())
     return [execution for execution, _ in chosen.values() if execution.id in ids]
 
 
 def _waiting() -> Any:
     """Waiting executions of the node's engines, oldest first, never one of a partition that failed on it (the
-    node's ID and engines are the `node` and `engines` parameters)."""
+    node's ID and engines are the `node` and `engines` parameters, and at most `size` of them)."""
     prior = EXECUTIONS.alias("prior")
     node_id = bindparam("node", type_=String)
     failed_here = (
@@ -233,6 +228,7 @@ def _waiting() -> Any:
             ~failed_here,
         )
         .order_by(EXECUTIONS.c.create_time, EXECUTIONS.c.partition_index, EXECUTIONS.c.id)
+        .limit(bindparam("size"))
     )
 
 
@@ -247,10 +243,10 @@ _OTHERS = select(NODES).where(
 )
 
 
-def _preferred_elsewhere(session: Session, node: Node, needs: Needs) -> bool:
+def _preferred_elsewhere(db: Connection, node: Node, needs: Needs) -> bool:
     """Whether another connected node that meets the job's preferences has a free slot for it."""
     return any(
         all(matches(p, other.labels) for p in needs.preferences)
-        and not unsuitable(other, needs, free_capacity(session, other))
-        for other in session.execute(_OTHERS, {"node": node.id})
+        and not unsuitable(other, needs, _free(other, db.execute(_USED, {"node": other.id}).all()))
+        for other in db.execute(_OTHERS, {"node": node.id})
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 from sqlmodel import Session, col, select
 
 from gateway.models import EVENTS, EventRecord, ExecutionRecord, JobRecord
@@ -45,8 +45,8 @@ def event(job_id: str, version: int, execution_id: str, topic: Topic, message: s
             "message": message, "previous_state": previous, "new_state": new, "details": details or {}, "time": now}
 
 
-def write(session: Session, events: list[dict[str, Any]]) -> None:
-    session.execute(_INSERT, events)
+def write(db: Session | Connection, events: list[dict[str, Any]]) -> None:
+    db.execute(_INSERT, events)
 
 
 def read(session: Session, job_id: str, *, after: int, limit: int, level: str = "all",

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, func, insert
+from sqlalchemy import Connection, Engine, bindparam, func, insert
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
@@ -94,11 +94,12 @@ class LogStore:
             ).all())
 
 
-def store_chunks(session: Session, execution_id: str, chunks: Sequence[Chunk], max_bytes: int) -> tuple[int, bool]:
+def store_chunks(db: Session | Connection, execution_id: str, chunks: Sequence[Chunk],
+                 max_bytes: int) -> tuple[int, bool]:
     """Store the chunks not stored yet, up to `max_bytes` characters for the execution; returns the
     characters kept and whether the cap was reached."""
     kept, capped = 0, False
-    stored = session.execute(_STORED, {"execution": execution_id}).all()
+    stored = db.execute(_STORED, {"execution": execution_id}).all()
     ends = {stream: int(end or 0) for stream, end, _ in stored}
     total = sum(int(size or 0) for _, _, size in stored)
     now = time.time_ns()
@@ -115,5 +116,5 @@ def store_chunks(session: Session, execution_id: str, chunks: Sequence[Chunk], m
             total += len(data)
             kept += len(data)
     if rows:
-        session.execute(_INSERT, rows)
+        db.execute(_INSERT, rows)
     return kept, capped

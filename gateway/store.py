@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, func
+from sqlalchemy import Connection, Engine, Row, func
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -450,27 +450,28 @@ class Store:
             return node, self._stopped_among(session, node_id, running), self._claim(session, node, limit, slots)
 
     @staticmethod
-    def _locked_node(session: Session, node_id: str) -> NodeRecord:
+    def _locked_node(db: Session | Connection, node_id: str) -> NodeRecord:
         """The node's row, locked: its claims take turns on it."""
-        found = session.execute(sql.NODE, {"node": node_id}).first()
+        found = db.execute(sql.NODE, {"node": node_id}).first()
         if found is None:
             raise Unauthorized("unknown node; register the agent again")
         return NodeRecord(**found._mapping)
 
     def _heartbeat(self, session: Session, node_id: str, info: NodeInfo | None, running: Sequence[str],
                    free_slots: int, now: int) -> NodeRecord:
-        node = self._locked_node(session, node_id)
+        db = session.connection()  # the transaction has written nothing through the session yet
+        node = self._locked_node(db, node_id)
         returned = node.connection == NodeConnection.DISCONNECTED
         node.last_heartbeat, node.connection, node.free_slots = now, NodeConnection.CONNECTED, free_slots
         if info is not None:
             _apply_info(node, info)
-        session.execute(sql.BEAT, {"node": node_id} | sql.new({name: getattr(node, name) for name in sql.BEAT_COLUMNS}))
+        db.execute(sql.BEAT, {"node": node_id} | sql.new({name: getattr(node, name) for name in sql.BEAT_COLUMNS}))
         if returned:
             self._place_daemons(session, node, now)
         if running:
-            session.execute(sql.RENEW, {"ids": list(running), "node": node_id, "lease": now + self.lease_ns})
+            db.execute(sql.RENEW, {"ids": list(running), "node": node_id, "lease": now + self.lease_ns})
         # executions it was told to stop and no longer runs have stopped
-        if stopped := session.execute(sql.STOPPED_HERE, {"running": list(running), "node": node_id}).scalars().all():
+        if stopped := db.execute(sql.STOPPED_HERE, {"running": list(running), "node": node_id}).scalars().all():
             for execution in self._lock_executions(session, select(ExecutionRecord).where(
                     col(ExecutionRecord.id).in_(stopped), col(ExecutionRecord.node_id) == node_id,
                     col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
@@ -494,25 +495,27 @@ class Store:
 
     def _claim(self, session: Session, node: NodeRecord, limit: int, slots: int | None) -> list[Claimed]:
         """Claims for `node`, whose row the caller has locked and read in this transaction."""
-        chosen = claim.choose(session, node, limit, self._needs, slots=slots)
+        session.flush()  # what the session holds, written: the claim's statements go to its connection directly
+        db = session.connection()
+        chosen = claim.choose(db, node, limit, self._needs, slots=slots)
         if not chosen:
             return []
         now = now_ns()  # once the claim holds its locks: leases count from here
         lease = now + self.lease_ns
-        session.execute(sql.CLAIM, {"ids": [e.id for e, _ in chosen], "claimer": node.id, "lease": lease, "now": now})
+        db.execute(sql.CLAIM, {"ids": [e.id for e, _ in chosen], "claimer": node.id, "lease": lease, "now": now})
         events = [history.event(e.job_id, e.job_version, e.id, Topic.SCHEDULING, f"Requested execution on {node.id}",
                                 ExecutionState.NEW, ExecutionState.BID_ACCEPTED, None, now) for e, _ in chosen]
         jobs = {job.id: job for _, job in chosen}
         started: set[str] = set()
         if starting := sorted(job.id for job in jobs.values() if job.state in sql.WAITING_JOB):
             # a job locked elsewhere is being stopped, or started by another claim: it needs nothing from this one
-            for job_id, version, state in session.execute(sql.STARTING, {"ids": starting}):
+            for job_id, version, state in db.execute(sql.STARTING, {"ids": starting}):
                 events.append(history.event(job_id, version, "", Topic.STATE_UPDATE, "Running", state,
                                             JobState.RUNNING, None, now))
                 started.add(job_id)
             if started:
-                session.execute(sql.START, {"ids": sorted(started), "now": now})
-        history.write(session, events)
+                db.execute(sql.START, {"ids": sorted(started), "now": now})
+        history.write(db, events)
         claimed_jobs = {job_id: JobRecord(**dict(job._mapping)) for job_id, job in jobs.items()}
         for job_id in started:
             job = claimed_jobs[job_id]
@@ -549,13 +552,14 @@ class Store:
                             details={"Size": size, "SHA256": sha256}, now=now)
         return key
 
-    def _ending(self, session: Session, node_id: str, execution_id: str) -> tuple[Row[Any], Row[Any]]:
+    @staticmethod
+    def _ending(db: Connection, node_id: str, execution_id: str) -> tuple[Row[Any], Row[Any]]:
         """An execution its agent ends, and its job (their rows), both locked (the job first). The ends of one job's
         executions take turns on its row: each then sees the others', so the last partition to complete always ends
         the job."""
-        job_id = session.execute(sql.JOB_OF, {"execution": execution_id}).scalar()
-        job = session.execute(sql.JOB, {"job": job_id}).first() if job_id else None
-        execution = _checked_assignment(session.execute(sql.EXECUTION, {"execution": execution_id}).first(), node_id,
+        job_id = db.execute(sql.JOB_OF, {"execution": execution_id}).scalar()
+        job = db.execute(sql.JOB, {"job": job_id}).first() if job_id else None
+        execution = _checked_assignment(db.execute(sql.EXECUTION, {"execution": execution_id}).first(), node_id,
                                         execution_id)
         if job is None:
             raise NotFound(f"execution {execution_id} has no job")
@@ -575,9 +579,10 @@ class Store:
         now = now_ns()
         kept = 0
         with self._tx() as session:
-            job, execution = self._ending(session, node_id, execution_id)
+            db = session.connection()  # the session holds nothing yet
+            job, execution = self._ending(db, node_id, execution_id)
             if logs:
-                kept, _ = store_chunks(session, execution_id, logs, log_cap)
+                kept, _ = store_chunks(db, execution_id, logs, log_cap)
             previous, revision, events = execution.compute_state, execution.revision + 1, []
             if previous == ExecutionState.BID_ACCEPTED and outcome.started:
                 events.append(history.event(
@@ -586,7 +591,7 @@ class Store:
                 previous, revision = ExecutionState.RUNNING, revision + 1
             stdout, stdout_truncated = _capped(outcome.stdout, outcome.stdout_truncated)
             stderr, stderr_truncated = _capped(outcome.stderr, outcome.stderr_truncated)
-            session.execute(sql.COMPLETE, {"execution": execution_id} | sql.new({
+            db.execute(sql.COMPLETE, {"execution": execution_id} | sql.new({
                 "compute_state": ExecutionState.COMPLETED, "state_message": "Completed successfully",
                 "exit_code": outcome.exit_code, "stdout": stdout, "stdout_truncated": stdout_truncated,
                 "stderr": stderr, "stderr_truncated": stderr_truncated,
@@ -597,7 +602,7 @@ class Store:
             events.append(history.event(job.id, execution.job_version, execution_id, Topic.EXECUTION,
                                         "Completed successfully", previous, ExecutionState.COMPLETED,
                                         {"ExitCode": outcome.exit_code}, now))
-            history.write(session, events)
+            history.write(db, events)
             if job.type != JobType.SERVICE:
                 self._settle_job(session, job, now)
             elif not JobState(job.state).terminal:
@@ -612,7 +617,7 @@ class Store:
         """A system error ended the execution; returns True when it was rescheduled."""
         now = now_ns()
         with self._tx() as session:
-            job_row, execution_row = self._ending(session, node_id, execution_id)
+            job_row, execution_row = self._ending(session.connection(), node_id, execution_id)
             job, execution = session.get(JobRecord, job_row.id), session.get(ExecutionRecord, execution_row.id)
             assert job is not None and execution is not None  # locked by this transaction
             return self._fail(session, job, execution, message, now)
