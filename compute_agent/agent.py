@@ -39,9 +39,6 @@ log = logging.getLogger("shoal.agent")
 PUBLISHERS = ("s3managed", "noop")
 INFO_REFRESH = 60.0  # seconds between polls that carry the node's info (engines, labels, capacity)
 RUNNING_AFTER = 0.5  # seconds a task runs before the agent reports it Running on its own; see _Running
-# seconds the next poll waits at most for the tasks a poll brought to start: their set-up (workspace, engine) then
-# has the process to itself, instead of sharing it with the next request
-START_WAIT = 0.05
 
 
 class Agent:
@@ -142,10 +139,8 @@ class Agent:
                     task, cancel = self._running[execution_id]
                     cancel.set()
                     task.cancel()
-            if starting := [asyncio.ensure_future(self._start(a).wait()) for a in reply.get("Executions") or []]:
-                _, late = await asyncio.wait(starting, timeout=START_WAIT)
-                for waiting in late:
-                    waiting.cancel()
+            for assignment in reply.get("Executions") or []:
+                self._start(assignment)
 
     async def _poll_once(self) -> dict[str, Any] | None:
         """One long-poll (None when the agent stops meanwhile). It says how many executions the node runs at once,
@@ -178,19 +173,16 @@ class Agent:
 
     # -- executions -------------------------------------------------------------------------------------
 
-    def _start(self, assignment: dict[str, Any]) -> asyncio.Event:
-        """Run an assignment; the event is set once its task runs, or its execution has ended without."""
+    def _start(self, assignment: dict[str, Any]) -> None:
         execution_id = assignment["ExecutionID"]
-        cancel, begun = threading.Event(), asyncio.Event()
-        task = asyncio.create_task(self._execute(assignment, cancel, begun), name=execution_id)
+        cancel = threading.Event()
+        task = asyncio.create_task(self._execute(assignment, cancel), name=execution_id)
         self._running[execution_id] = (task, cancel)
 
         def finished(_: asyncio.Task[None]) -> None:
             self._running.pop(execution_id, None)
-            begun.set()
 
         task.add_done_callback(finished)
-        return begun
 
     def _task_run(self, assignment: dict[str, Any]) -> TaskRun:
         spec = assignment["Task"]
@@ -222,15 +214,9 @@ class Agent:
             max_output_bytes=self.settings.max_output_bytes,
         )
 
-    async def _execute(self, assignment: dict[str, Any], cancel: threading.Event, begun: asyncio.Event) -> None:
+    async def _execute(self, assignment: dict[str, Any], cancel: threading.Event) -> None:
         execution_id = assignment["ExecutionID"]
         run = self._task_run(assignment)
-        loop = asyncio.get_running_loop()
-
-        def task_started() -> None:
-            loop.call_soon_threadsafe(begun.set)
-
-        run.started = task_started
         spec = assignment["Task"]
         worker: asyncio.Future[int] | None = None
         shipper: LogShipper | None = None

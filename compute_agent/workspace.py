@@ -9,14 +9,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-
-def _nothing() -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,6 @@ class TaskRun:
     memory: int = 0
     pids_limit: int = 256
     max_output_bytes: int = 1 << 30
-    started: Callable[[], None] = _nothing  # the executor calls it, from its thread, once the task runs
 
     @property
     def inputs_dir(self) -> Path:

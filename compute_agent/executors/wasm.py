@@ -64,7 +64,6 @@ class WasmExecutor:
             entry = instance.exports(store).get(task.params.get("Entrypoint") or "_start")
             if not isinstance(entry, wasmtime.Func):
                 raise ExecutorError(f"the module exports no function {task.params.get('Entrypoint')!r}")
-            task.started()
             entry(store)
             return 0
         except wasmtime.ExitTrap as exc:
