@@ -108,9 +108,11 @@ class Agent:
         state = {"Gateway": self.settings.gateway_url, "NodeID": self.node_id,
                  "Credential": reply["Credential"], "PollSeconds": reply["PollSeconds"]}
         saved = self.settings.data_dir / "node.json"
-        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        partial = saved.with_name(".node.json.partial")  # renamed over node.json once whole: never read half-written
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(state, handle)
+        os.replace(partial, saved)
         log.info("registered as node %s", self.node_id)
 
     # -- the poll loop ----------------------------------------------------------------------------------
