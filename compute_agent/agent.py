@@ -149,7 +149,8 @@ class Agent:
         so the gateway counts the free slots itself: a slot that frees during the poll (the completion is on the
         gateway) is filled by this same poll, with no need to drop it and ask again. What the node says about
         itself goes along with the first poll and then every INFO_REFRESH seconds."""
-        free = self.settings.slots - len(self._running)
+        # executions the gateway has seen end may still be cleaning up here, so more may be running than slots
+        free = max(0, self.settings.slots - len(self._running))
         info: dict[str, Any] = {"Slots": self.settings.slots}
         if time.monotonic() - self._info_sent >= INFO_REFRESH:
             info |= await asyncio.to_thread(self._info)
