@@ -23,7 +23,6 @@ from gateway.models import (
 NODES_PER_READ = 16  # nodes read at a time when scheduling looks for one that fits
 
 
-
 def setting(*columns: str) -> dict[str, Any]:
     """An UPDATE's SET clause for `columns`, whose values are the parameters `new_<column>` (see `new`)."""
     return {name: bindparam(f"new_{name}") for name in columns}
@@ -34,7 +33,8 @@ def new(values: dict[str, Any]) -> dict[str, Any]:
     return {f"new_{name}": value for name, value in values.items()}
 
 
-NODE = select(NODES).where(NODES.c.id == bindparam("node")).with_for_update()  # a node's row, locked
+# rows read and locked (FOR UPDATE on PostgreSQL; SQLite's transaction holds the write lock already)
+NODE = select(NODES).where(NODES.c.id == bindparam("node")).with_for_update()
 JOB = select(JOBS).where(JOBS.c.id == bindparam("job")).with_for_update()
 EXECUTION = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("execution")).with_for_update()
 INSERT_JOB = insert(JOBS)
