@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import Connection, Row, String, bindparam, exists, select, tuple_
 
 from gateway.models import (
-    ACTIVE_EXECUTION_STATES,
     EXECUTIONS,
     JOBS,
     NODES,
@@ -27,6 +26,7 @@ from gateway.models import (
     NodeRecord,
 )
 from gateway.placement import Needs, Node, Resources, matches, unsuitable
+from gateway.statements import ACTIVE_HERE
 
 BATCH = 256  # waiting executions locked and looked at per query, oldest first
 SCAN_LIMIT = 4096  # at most this many per claim (which holds the write lock meanwhile on SQLite)
@@ -38,8 +38,7 @@ NEVER_NODES = 4096  # nodes remembered (each as it is now: labels, engines, capa
 
 # Statements are SQL Core, built once with bound parameters: building a statement, or the ORM's unit of work, costs
 # more than running it, and a claim runs on every poll that finds work.
-_USED = select(EXECUTIONS.c.cpu, EXECUTIONS.c.memory, EXECUTIONS.c.disk, EXECUTIONS.c.gpu).where(
-    EXECUTIONS.c.node_id == bindparam("node"), EXECUTIONS.c.compute_state.in_(ACTIVE_EXECUTION_STATES))
+_USED = select(EXECUTIONS.c.cpu, EXECUTIONS.c.memory, EXECUTIONS.c.disk, EXECUTIONS.c.gpu).where(*ACTIVE_HERE)
 _JOBS = select(JOBS).where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
 _STILL_WAITING = select(EXECUTIONS.c.id).where(
     EXECUTIONS.c.id.in_(bindparam("ids", expanding=True)),
@@ -79,7 +78,7 @@ def choose(db: Connection, node: NodeRecord, limit: int, needs_of: Callable[[dic
         if not lost or len(taken) == limit or scan.done:
             break
         scan.lost(chosen, lost)
-    return [(execution, scan.jobs[execution.job_id]) for execution in taken]
+    return [(execution, scan.jobs[execution.job_id][0]) for execution in taken]
 
 
 class _Never:
@@ -126,8 +125,7 @@ class _Scan:
         self.capacity = Resources.from_capacity(node.capacity)
         self.skipped: set[str] = set()  # jobs this node cannot take now: their other executions are not looked at
         self.seen: set[str] = set()  # executions taken by this claim, or first by a claim on another replica
-        self.jobs: dict[str, Row[Any]] = {}  # the jobs read, by ID
-        self.needs: dict[str, Needs] = {}  # what each of them needs
+        self.jobs: dict[str, tuple[Row[Any], Needs]] = {}  # the jobs read, by ID, and what each needs
         self.key = _Never.key(node)
         self.never = _NEVER.of(self.key)  # job versions left out of the scan altogether
         self.busy = 0
@@ -188,10 +186,10 @@ class _Scan:
             after = (batch[-1].create_time, batch[-1].partition_index, batch[-1].id)
             if unread := {e.job_id for e in batch} - self.jobs.keys():
                 for job in self.db.execute(_JOBS, {"ids": list(unread)}):
-                    self.jobs[job.id], self.needs[job.id] = job, self.needs_of(job.spec)
+                    self.jobs[job.id] = job, self.needs_of(job.spec)
             for execution in batch:
                 if execution.job_id in self.jobs and execution.job_id not in self.skipped:
-                    yield execution, self.needs[execution.job_id]
+                    yield execution, self.jobs[execution.job_id][1]
 
 
 def _locked(db: Connection, node_id: str, chosen: dict[str, tuple[Row[Any], Needs]]) -> list[Row[Any]]:

@@ -487,9 +487,8 @@ class Store:
 
     def claim(self, node: NodeRecord, limit: int, *, slots: int | None = None) -> list[Claimed]:
         """Atomically assign up to `limit` waiting executions this node can run now (with `slots`, no more than
-        the node's slots its active executions leave free)."""
-        if limit <= 0 or not node.engines or node.membership != NodeMembership.APPROVED:
-            return []
+        the node's slots its active executions leave free). What the node may take is judged on its row as it is
+        now, not on `node`."""
         with self._tx() as session:
             return self._claim(session, self._locked_node(session, node.id), limit, slots)
 
