@@ -176,6 +176,15 @@ class Agent:
 
     # -- executions -------------------------------------------------------------------------------------
 
+    async def _take(self, assignments: list[dict[str, Any]]) -> None:
+        """Start what a completion took for its slot; when the agent stops meanwhile, hand it back at once."""
+        for assignment in assignments:
+            if not self._stopping.is_set():
+                self._start(assignment)
+                continue
+            with contextlib.suppress(AgentError):
+                await self._gateway.fail(assignment["ExecutionID"], "the agent shut down before the execution started")
+
     def _start(self, assignment: dict[str, Any]) -> None:
         execution_id = assignment["ExecutionID"]
         cancel = threading.Event()
@@ -245,9 +254,12 @@ class Agent:
             if published:
                 await shipper.close()
                 await publish(self._gateway, execution_id, run.results_dir, run.root)
-            await self._gateway.complete(execution_id, _outcome(run, exit_code) | {
-                "Published": published, "Logs": logs, "StartTime": 0 if reported else started})
+            # the completion fills the slot it frees (the agent's poll waits on), unless the agent stops
+            taken = await self._gateway.complete(execution_id, _outcome(run, exit_code) | {
+                "Published": published, "Logs": logs, "StartTime": 0 if reported else started,
+            } | ({} if self._stopping.is_set() else {"Slots": self.settings.slots}))
             log.info("execution %s completed with exit code %d", execution_id, exit_code)
+            await self._take(taken)
         except asyncio.CancelledError:
             cancel.set()
             if worker is not None:

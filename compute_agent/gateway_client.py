@@ -86,8 +86,10 @@ class GatewayClient:
     async def logs(self, execution_id: str, chunks: list[dict[str, Any]]) -> None:
         await self._call(f"/executions/{execution_id}/logs", {"Chunks": chunks})
 
-    async def complete(self, execution_id: str, outcome: dict[str, Any]) -> None:
-        await self._call(f"/executions/{execution_id}/complete", outcome)
+    async def complete(self, execution_id: str, outcome: dict[str, Any]) -> list[dict[str, Any]]:
+        """Report the execution completed; with `Slots` in `outcome`, the executions taken for its slot."""
+        reply = await self._call(f"/executions/{execution_id}/complete", outcome)
+        return list((reply or {}).get("Executions") or [])
 
     async def fail(self, execution_id: str, message: str) -> None:
         await self._call(f"/executions/{execution_id}/fail", {"Message": message})

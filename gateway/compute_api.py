@@ -172,7 +172,9 @@ async def publish(request: Request) -> JSONResponse:
 
 
 async def complete(request: Request) -> JSONResponse:
-    """The task ran; when it published, the object must be there with the size and digest it declared."""
+    """The task ran; when it published, the object must be there with the size and digest it declared. With
+    Slots, the slot it frees is filled at once and the answer brings what was taken: the agent's waiting poll is
+    left to wait (one request and one transaction per job fewer while there is work)."""
     svc = services(request)
     node = await calling_node(request)
     body = await read_json(request)
@@ -188,12 +190,14 @@ async def complete(request: Request) -> JSONResponse:
                                                   f"publish failed: {problem}")
             _failed(svc, node, rescheduled)
             raise Conflict(f"publish failed: {problem}")
-    kept = await run_in_threadpool(svc.store.complete, node.id, execution_id, outcome, published, chunks,
-                                   svc.logs.max_bytes)
-    svc.work.notify(nodes=[node.id])  # its slot is free: its waiting poll may fill it
+    slots = _count(body, "Slots", None)
+    kept, claimed = await run_in_threadpool(svc.store.complete, node.id, execution_id, outcome, published, chunks,
+                                            svc.logs.max_bytes, slots=slots)
+    if slots is None:
+        svc.work.notify(nodes=[node.id])  # its slot is free: its waiting poll may fill it
     if kept:
         svc.new_logs.notify()
-    return JSONResponse({})
+    return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed]})
 
 
 def _failed(svc: Services, node: NodeRecord, rescheduled: bool) -> None:

@@ -544,8 +544,11 @@ def _compute(paths: dict[str, dict[str, Schema]]) -> None:
             "StartTime": _int("When the task started (ns since the epoch), for an execution not reported Running "
                               "before: the Running state is recorded at that time", minimum=0),
             "Logs": _array(_ref("LogChunk"), "The last log chunks, sent along instead of on their own"),
+            "Slots": _int("How many executions the node runs at once: the slot this execution frees is filled "
+                          "in the same transaction, and the answer brings what it took", minimum=0, maximum=10_000),
         }, required=["ExitCode"]), required=True),
-        responses={"200": _json("Recorded", _obj({}))})
+        responses={"200": _json("Recorded; with Slots, the executions taken for the freed slot", _obj({
+            "Executions": _array(assignment)}, required=["Executions"]))})
     _op(paths, "POST", COMPUTE + "/executions/{id}/fail", "Report a system error that ended an execution",
         "Agent protocol", "failExecution", open_route=True, security=_NODE_SECURITY, errors=execution_errors,
         params=[_EXECUTION], body=_body(_obj({"Message": _str()})),

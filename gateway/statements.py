@@ -56,6 +56,8 @@ RENEW = update(EXECUTIONS).where(EXECUTIONS.c.id.in_(bindparam("ids", expanding=
 STOPPED_HERE = select(EXECUTIONS.c.id).where(  # executions the node was told to stop and no longer runs
     EXECUTIONS.c.id.not_in(bindparam("running", expanding=True)), *ACTIVE_HERE,
     EXECUTIONS.c.desired_state == DesiredState.STOPPED)
+RUNNING_HERE = select(EXECUTIONS.c.id, EXECUTIONS.c.desired_state, EXECUTIONS.c.compute_state).where(
+    EXECUTIONS.c.id.in_(bindparam("running", expanding=True)), EXECUTIONS.c.node_id == bindparam("node"))
 USABLE_NODES = select(NODES).where(
     NODES.c.membership == NodeMembership.APPROVED, NODES.c.connection == NodeConnection.CONNECTED,
 ).execution_options(yield_per=NODES_PER_READ)

@@ -446,8 +446,10 @@ class Store:
         stop (`stopped_among`) and the ones it takes now (`claim`)."""
         with self._tx() as session:
             node = self._heartbeat(session, node_id, info, running, free_slots, now_ns()) if beat else \
-                self._locked_node(session, node_id)
-            return node, self._stopped_among(session, node_id, running), self._claim(session, node, limit, slots)
+                self._locked_node(session.connection(), node_id)
+            session.flush()  # what the heartbeat changed through the session, written: the reads go to the connection
+            return node, self._stopped_among(session.connection(), node_id, running), \
+                self._claim(session, node, limit, slots)
 
     @staticmethod
     def _locked_node(db: Session | Connection, node_id: str) -> NodeRecord:
@@ -570,15 +572,19 @@ class Store:
             return self._assigned(session, node_id, execution_id)
 
     def complete(self, node_id: str, execution_id: str, outcome: RunOutcome, published: bool,
-                 logs: Sequence[Chunk] = (), log_cap: int = 0) -> int:
+                 logs: Sequence[Chunk] = (), log_cap: int = 0, *,
+                 slots: int | None = None) -> tuple[int, list[Claimed]]:
         """The task ran (whatever its exit code) and its results, if any, are verified in the object store. An
         agent reports short tasks as Running only here: the Running state is then recorded at their start time,
-        and their last `logs` are stored along (up to `log_cap` characters for the execution; returns how many
-        were kept)."""
+        and their last `logs` are stored along (up to `log_cap` characters for the execution). With `slots` (how
+        many executions the node runs at once), the slot it frees is filled in the same transaction, as a poll
+        would fill it (`claim`). Returns how many log characters were kept, and the claims."""
         now = now_ns()
         kept = 0
         with self._tx() as session:
             db = session.connection()  # the session holds nothing yet
+            # the node's row first, as a poll locks it before the executions it renews: no deadlock between them
+            node = self._locked_node(db, node_id) if slots is not None else None
             job, execution = self._ending(db, node_id, execution_id)
             if logs:
                 kept, _ = store_chunks(db, execution_id, logs, log_cap)
@@ -610,7 +616,8 @@ class Store:
                 else:  # a replica that keeps exiting is not a service that runs
                     self._end_job(session, job, JobState.FAILED,
                                   f"Job failed because a service replica exited {execution.attempt} times", now)
-        return kept
+            claimed = self._claim(session, node, slots, slots) if node is not None and slots is not None else []
+        return kept, claimed
 
     def fail(self, node_id: str, execution_id: str, message: str) -> bool:
         """A system error ended the execution; returns True when it was rescheduled."""
@@ -839,23 +846,17 @@ class Store:
             return self._stopped_among(session, node_id, running)
 
     @staticmethod
-    def _stopped_among(session: Session, node_id: str, running: Sequence[str]) -> list[str]:
+    def _stopped_among(db: Session | Connection, node_id: str, running: Sequence[str]) -> list[str]:
         if not running:
             return []
-        keep = session.exec(
-            select(ExecutionRecord.id).where(
-                col(ExecutionRecord.id).in_(list(running)),
-                col(ExecutionRecord.node_id) == node_id,
-                col(ExecutionRecord.desired_state) != DesiredState.STOPPED,
-                col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
-            )
-        ).all()
-        gone = set(running) - set(keep)
-        if gone:  # those it completed itself it has already let go
-            gone -= set(session.exec(select(ExecutionRecord.id).where(
-                col(ExecutionRecord.id).in_(list(gone)), col(ExecutionRecord.node_id) == node_id,
-                col(ExecutionRecord.compute_state) == ExecutionState.COMPLETED)).all())
-        return sorted(gone)
+        found = {row.id: row for row in db.execute(sql.RUNNING_HERE, {"running": list(running), "node": node_id})}
+
+        def runs_on(execution_id: str) -> bool:  # or it completed here: the agent has already let it go
+            row = found.get(execution_id)
+            return row is not None and (row.compute_state == ExecutionState.COMPLETED or (
+                row.desired_state != DesiredState.STOPPED and row.compute_state in ACTIVE_EXECUTION_STATES))
+
+        return sorted({execution_id for execution_id in running if not runs_on(execution_id)})
 
 
 def _apply_info(node: NodeRecord, info: NodeInfo) -> None:

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from tests.conftest import Cluster
-from tests.fakes import NODE_INFO
+from tests.fakes import NODE_INFO, WASM_JOB
 from tests.specs import wasm_job
 
 POLL_SECONDS = 20
@@ -44,3 +44,33 @@ def test_idle_polls_that_began_together_end_spread_over_the_last_quarter_of_thei
         took = sorted(pool.map(idle_poll, credentials))
     assert took[0] >= 3.0 and took[-1] <= 4.5, took  # within the last quarter of Wait (and a little slack)
     assert took[-1] - took[0] > 0.05, took  # not all at once
+
+
+def test_a_completion_that_says_the_slots_brings_the_next_execution_and_the_waiting_poll_keeps_waiting(
+        cluster: Cluster) -> None:
+    """One request and one transaction per job fewer while there is work: the completion fills the slot it frees,
+    and the node's poll, which waits meanwhile, is not handed that slot as well."""
+    gateway = cluster.gateway(poll_seconds="3", lease_seconds="30")
+    registered = gateway.http.post("/api/v1/compute/register", json=NODE_INFO).json()
+    auth = {"Authorization": f"Bearer {registered['Credential']}"}
+    first_job, second_job = gateway.submit(WASM_JOB), gateway.submit(WASM_JOB)
+    polled = gateway.http.post("/api/v1/compute/poll", headers=auth, json={"Slots": 1, "Wait": 1})
+    [first] = polled.json()["Executions"]
+    assert first["JobID"] == first_job
+
+    def waiting_poll() -> httpx.Response:  # its one slot is taken: it waits
+        return httpx.post(f"{gateway.url}/api/v1/compute/poll", headers=auth, json={"Slots": 1, "Wait": 2},
+                          timeout=30)
+
+    complete = f"/api/v1/compute/executions/{first['ExecutionID']}/complete"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(waiting_poll)
+        refused = gateway.http.post(complete, headers=auth, json={"ExitCode": 0, "Slots": -1})
+        assert refused.status_code == 400 and "Slots" in refused.json()["Message"]
+        completed = gateway.http.post(complete, headers=auth, json={"ExitCode": 0, "Slots": 1})
+        assert completed.status_code == 200, completed.text
+        [second] = completed.json()["Executions"]
+        assert second["JobID"] == second_job and second["Task"]["Engine"]["Type"] == "wasm"
+        assert waiting.result().status_code == 204  # the slot went to the completion, not to the poll as well
+    assert gateway.wait_for_job(first_job, timeout=10)["State"]["StateType"] == "Completed"
+    assert [e["ComputeState"]["StateType"] for e in gateway.executions(second_job)] == ["BidAccepted"]

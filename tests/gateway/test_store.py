@@ -187,6 +187,23 @@ def test_a_backlog_the_node_cannot_run_does_not_hide_newer_work(store: Store, ba
     assert [c.execution.job_id for c in got] == [runnable.id]
 
 
+def test_a_completion_that_says_the_slots_fills_the_one_it_frees(store: Store) -> None:
+    job = store.submit(wasm(count=4))
+    here = node(store)
+    first = store.claim(here, 2, slots=2)
+    _, none = store.complete(here.id, first[0].execution.id, RunOutcome(exit_code=0), published=False)
+    assert none == []  # without slots, the completion takes nothing (the agent's poll fills the slot)
+    _, taken = store.complete(here.id, first[1].execution.id, RunOutcome(exit_code=0), published=False, slots=2)
+    assert len(taken) == 2  # both slots are free again: the two remaining executions
+    assert {c.execution.node_id for c in taken} == {here.id}
+    assert {c.execution.compute_state for c in taken} == {ExecutionState.BID_ACCEPTED}
+    assert store.claim(here, 2, slots=2) == []  # both taken by the completion: none over the node's slots
+    _, more = store.complete(here.id, taken[0].execution.id, RunOutcome(exit_code=0), published=False, slots=2)
+    assert more == []  # nothing waits any more
+    states = by_id(store, job.id)
+    assert states[taken[1].execution.id].compute_state == ExecutionState.BID_ACCEPTED
+
+
 def test_a_poll_that_says_its_slots_takes_only_what_they_leave_free(store: Store) -> None:
     job = store.submit(wasm(count=5))
     here = node(store)
