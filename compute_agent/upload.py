@@ -1,6 +1,6 @@
-"""A file PUT to a plain-HTTP presigned URL with `sendfile`: the kernel copies the file to the socket, so the
-agent neither reads it into Python nor copies it chunk by chunk (HTTPS and proxied URLs go through httpx).
-Blocking, for a worker thread: the event loop the agent runs on (uvloop) has no `sendfile` of its own."""
+"""A file PUT to a plain-HTTP presigned URL straight over a socket, the file read into one reused buffer and
+written out with the GIL released, as curl does (HTTPS and proxied URLs go through httpx). Blocking, for a
+worker thread. `sendfile` was tried: on loopback to the gateway's store it ran at about 0.9x this."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 MAX_BODY = 64 * 1024  # of an answer, kept for its error message
+CHUNK = 256 * 1024  # bytes read and sent at a time
 IDLE_SECONDS = 300.0  # without progress, a transfer fails
 
 
@@ -36,10 +37,23 @@ def put_file(url: httpx.URL, method: str, headers: dict[str, str], path: Path, s
     with socket.create_connection((url.host, url.port or 80), timeout=IDLE_SECONDS) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         # the server may answer (and close) before it has read everything: then its answer says why
-        with contextlib.suppress(ConnectionError), path.open("rb") as handle:
-            sock.sendfile(handle, 0, size)
+        with contextlib.suppress(ConnectionError), path.open("rb", buffering=0) as handle:
+            _send(sock, handle, size)
         with sock.makefile("rb") as answer:
             return _answer(answer)
+
+
+def _send(sock: socket.socket, handle: io.RawIOBase, size: int) -> None:
+    """The first `size` bytes of the file; raises EOFError when it is shorter."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    left = size
+    while left:
+        read = handle.readinto(view[:min(left, CHUNK)])
+        if not read:
+            raise EOFError(f"the file ended {left} bytes short of {size}")
+        sock.sendall(view[:read])
+        left -= read
 
 
 def _answer(answer: io.BufferedIOBase) -> tuple[int, str]:

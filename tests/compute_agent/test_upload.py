@@ -1,4 +1,4 @@
-"""The agent's PUT of a results archive with sendfile (compute_agent/upload.py), against a real socket server,
+"""The agent's direct PUT of a results archive (compute_agent/upload.py), against a real socket server,
 on the event loop the agent runs on."""
 
 from __future__ import annotations
@@ -70,6 +70,27 @@ def test_an_answer_before_the_body_is_read_is_reported(tmp_path: Path) -> None:
     with pytest.raises(GatewayError, match="HTTP 403: refused") as refused:
         uvloop.run(put(Server(403, early=True), path))
     assert refused.value.status == 403
+
+
+def test_a_file_shorter_than_declared_fails_at_once(tmp_path: Path) -> None:
+    """The file shrank after its size was taken (it is the agent's own archive, but a disk can fail): the
+    upload fails saying so, instead of leaving the server waiting for the rest."""
+    path = tmp_path / "results.tar.gz"
+    path.write_bytes(os.urandom(300 * 1024))
+    server = Server()
+
+    async def short() -> None:
+        listening = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        client = GatewayClient("http://127.0.0.1:1", poll_seconds=1)
+        try:
+            url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}/bucket/key.tar.gz"
+            await asyncio.wait_for(client.upload(url, "PUT", {}, path, path.stat().st_size + 10), 30)
+        finally:
+            await client.aclose()
+            listening.close()
+
+    with pytest.raises(GatewayError, match="10 bytes short"):
+        uvloop.run(short())
 
 
 def test_a_header_with_a_line_break_is_refused(tmp_path: Path) -> None:
