@@ -39,27 +39,15 @@ class WasmExecutor:
         config.epoch_interruption = True
         engine = wasmtime.Engine(config)
         module = self._module(engine, _entry_module(task))
-        stopped = threading.Event()
-        reason: list[str] = []
-
-        def watch() -> None:
-            deadline = time.monotonic() + task.timeout if task.timeout else None
-            while not stopped.wait(0.05):
-                if cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
-                    reason.append("cancel" if cancel.is_set() else "timeout")
-                    engine.increment_epoch()
-                    return
-
-        pipes = [_OutputPipe(path, task.max_output_bytes) for path in (task.stdout_path, task.stderr_path)]
+        watch = _Watch(task, engine, cancel)
         try:
             store = wasmtime.Store(engine)
-            store.set_wasi(self._wasi(task, pipes[0].fifo, pipes[1].fifo))
+            store.set_wasi(self._wasi(task, watch.fifos[0], watch.fifos[1]))
             if task.memory:
                 store.set_limits(memory_size=task.memory)
             store.set_epoch_deadline(1)
             linker = wasmtime.Linker(engine)
             linker.define_wasi()
-            threading.Thread(target=watch, daemon=True).start()
             instance = linker.instantiate(store, module)
             entry = instance.exports(store).get(task.params.get("Entrypoint") or "_start")
             if not isinstance(entry, wasmtime.Func):
@@ -69,15 +57,13 @@ class WasmExecutor:
         except wasmtime.ExitTrap as exc:
             return int(exc.code)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            if reason == ["timeout"]:
+            if watch.interrupted == "timeout":
                 raise TimeoutExpired(f"Execution timed out after {task.timeout:g}s") from None
-            if reason == ["cancel"]:
+            if watch.interrupted == "cancel":
                 raise ExecutorError("the execution was cancelled") from None
             raise ExecutorError(f"the WASM module trapped: {exc}") from exc
         finally:
-            stopped.set()
-            for pipe in pipes:
-                pipe.close()
+            watch.close()
 
     def _module(self, engine: wasmtime.Engine, path: Path) -> wasmtime.Module:
         """Compile once per digest; later runs load the compiled code."""
@@ -112,50 +98,82 @@ class WasmExecutor:
         return wasi
 
 
-class _OutputPipe:
-    """A FIFO that stands in for one output stream of the module: a thread copies what the module writes to
-    `path` as it comes (the agent's log shipper tails it), keeping at most `cap` bytes, as Docker tasks do.
-    A write returns once its bytes are in the pipe, so when the module has returned, `close()` drains the rest;
-    it wakes the copying thread at once (a byte on a second pipe) instead of letting it finish a wait."""
+class _Watch:
+    """One thread per task for what goes on beside it: it copies what the module writes to its two output
+    streams, each a FIFO (`fifos`) standing in for it, to the task's stdout and stderr files as it comes (the
+    agent's log shipper tails them), keeping at most the task's output cap of each, as Docker tasks do; and it
+    interrupts the module (one epoch tick of its engine) when the execution is cancelled or times out, saying
+    which in `interrupted`. A write returns once its bytes are in the pipe, so when the module has returned,
+    `close()` drains the rest; it wakes the thread at once (a byte on a pipe of its own) instead of letting it
+    finish a wait."""
 
-    def __init__(self, path: Path, cap: int) -> None:
-        self.path, self.cap = path, cap
-        self.fifo = path.with_name(f".{path.name}.fifo")
-        os.mkfifo(self.fifo, 0o600)
-        self._fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that wasmtime's open for writing returns
+    TICK = 0.05  # seconds between looks at the cancel flag, and at a stream with no writer
+
+    def __init__(self, task: TaskRun, engine: wasmtime.Engine, cancel: threading.Event) -> None:
+        self.engine, self.cancel, self.cap = engine, cancel, task.max_output_bytes
+        self.deadline = time.monotonic() + task.timeout if task.timeout else None
+        self.interrupted = ""
+        self.outputs = (task.stdout_path, task.stderr_path)
+        self.fifos = tuple(path.with_name(f".{path.name}.fifo") for path in self.outputs)
+        self._fds: list[int] = []
+        for fifo in self.fifos:
+            os.mkfifo(fifo, 0o600)
+            self._fds.append(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # so that wasmtime's open for writing returns
         self._wake_r, self._wake_w = os.pipe()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _copy(self) -> None:
-        written = 0
-        with open(self.path, "wb") as out:
+    def _run(self) -> None:
+        written = [0, 0]
+        with open(self.outputs[0], "wb") as stdout, open(self.outputs[1], "wb") as stderr:
+            files = (stdout, stderr)
             while True:
                 stopping = self._stop.is_set()
-                try:
-                    data = os.read(self._fd, 1 << 16)
-                except BlockingIOError:
-                    data = None
-                if data:
-                    if written < self.cap:
-                        out.write(data[: self.cap - written])
-                        out.flush()
-                    written += len(data)
-                elif stopping:
+                self._interrupt_if_due()
+                copied, waiting = False, []
+                for index, fd in enumerate(self._fds):
+                    try:
+                        data = os.read(fd, 1 << 16)
+                    except BlockingIOError:  # a writer, nothing written yet
+                        waiting.append(fd)
+                        continue
+                    if data:  # b"": no writer yet, or it has closed (the FIFO reads as EOF until one opens it)
+                        copied = True
+                        if written[index] < self.cap:
+                            files[index].write(data[: self.cap - written[index]])
+                            files[index].flush()
+                        written[index] += len(data)
+                if copied:
+                    continue
+                if stopping:
                     return
-                elif data is None:
-                    select.select([self._fd, self._wake_r], [], [])
-                else:  # no writer yet, or it has closed: the FIFO reads as EOF until one opens it
-                    select.select([self._wake_r], [], [], 0.05)
+                select.select([*waiting, self._wake_r], [], [], self._wait())
+
+    def _interrupt_if_due(self) -> None:
+        if self.interrupted:
+            return
+        if self.cancel.is_set():
+            self.interrupted = "cancel"
+        elif self.deadline is not None and time.monotonic() > self.deadline:
+            self.interrupted = "timeout"
+        else:
+            return
+        self.engine.increment_epoch()
+
+    def _wait(self) -> float:
+        if self.deadline is None or self.interrupted:
+            return self.TICK
+        return max(0.0, min(self.TICK, self.deadline - time.monotonic()))
 
     def close(self) -> None:
         self._stop.set()
         os.write(self._wake_w, b"x")
         self._thread.join()
-        for fd in (self._fd, self._wake_r, self._wake_w):
+        for fd in (*self._fds, self._wake_r, self._wake_w):
             os.close(fd)
-        self.fifo.unlink(missing_ok=True)
+        for fifo in self.fifos:
+            fifo.unlink(missing_ok=True)
 
 
 def _entry_module(task: TaskRun) -> Path:
