@@ -53,9 +53,9 @@ BEAT = update(NODES).where(NODES.c.id == bindparam("node")).values(setting(*BEAT
 ACTIVE_HERE = (EXECUTIONS.c.node_id == bindparam("node"), EXECUTIONS.c.compute_state.in_(ACTIVE_EXECUTION_STATES))
 RENEW = update(EXECUTIONS).where(EXECUTIONS.c.id.in_(bindparam("ids", expanding=True)), *ACTIVE_HERE).values(
     lease_expires=bindparam("lease"))
-STOPPED_HERE = select(EXECUTIONS.c.id).where(  # executions the node was told to stop and no longer runs
-    EXECUTIONS.c.id.not_in(bindparam("running", expanding=True)), *ACTIVE_HERE,
-    EXECUTIONS.c.desired_state == DesiredState.STOPPED)
+TO_STOP_HERE = select(EXECUTIONS.c.id).where(*ACTIVE_HERE, EXECUTIONS.c.desired_state == DesiredState.STOPPED)
+# executions the node was told to stop and no longer runs
+STOPPED_HERE = TO_STOP_HERE.where(EXECUTIONS.c.id.not_in(bindparam("running", expanding=True)))
 RUNNING_HERE = select(EXECUTIONS.c.id, EXECUTIONS.c.desired_state, EXECUTIONS.c.compute_state).where(
     EXECUTIONS.c.id.in_(bindparam("running", expanding=True)), EXECUTIONS.c.node_id == bindparam("node"))
 USABLE_NODES = select(NODES).where(

@@ -448,8 +448,12 @@ class Store:
             node = self._heartbeat(session, node_id, info, running, free_slots, now_ns()) if beat else \
                 self._locked_node(session.connection(), node_id)
             session.flush()  # what the heartbeat changed through the session, written: the reads go to the connection
-            return node, self._stopped_among(session.connection(), node_id, running), \
-                self._claim(session, node, limit, slots)
+            db = session.connection()
+            cancel = self._stopped_among(db, node_id, running)
+            if not beat:  # woken while it waited: the agent may have started executions since (a completion brings
+                # them), which `running` does not name; the heartbeat has ended those it does not run otherwise
+                cancel = sorted({*cancel, *db.execute(sql.TO_STOP_HERE, {"node": node_id}).scalars()})
+            return node, cancel, self._claim(session, node, limit, slots)
 
     @staticmethod
     def _locked_node(db: Session | Connection, node_id: str) -> NodeRecord:

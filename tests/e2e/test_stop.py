@@ -52,6 +52,23 @@ def test_stop_cancels_the_running_task(cluster: Cluster, request: pytest.Fixture
     assert gateway.job(job_id)["State"]["Message"] == "not needed"
 
 
+def test_a_task_a_completion_brought_is_cancelled_by_the_poll_that_waits_meanwhile(cluster: Cluster) -> None:
+    """An agent's waiting poll names the executions it ran when it was sent; one that a completion brought since
+    is not among them, and stopping it must still reach the agent through that poll, not after it times out."""
+    gateway = cluster.gateway(poll_seconds=str(POLL_SECONDS), lease_seconds="90", queue_timeout="600")
+    # both wait before the agent polls: with one slot, its poll takes the first and the first's completion the second
+    first = gateway.submit(wasm_job("echo", "first"))
+    second = gateway.submit(wasm_job("spin"))
+    cluster.agent(gateway, "--max-executions", "1")
+    wait_for(lambda: gateway.executions(second)[0]["ComputeState"]["StateType"] == "Running", timeout=60,
+             what="the second task to run")
+    assert gateway.job(first)["State"]["StateType"] == "Completed"
+
+    assert gateway.http.delete(f"/api/v1/orchestrator/jobs/{second}").status_code == 200
+    wait_for(lambda: gateway.executions(second)[0]["ComputeState"]["StateType"] == "Cancelled", timeout=10,
+             what="the agent to cancel the execution")
+
+
 def test_a_completed_job_cannot_be_stopped_and_a_waiting_one_can(cluster: Cluster) -> None:
     gateway = cluster.gateway()
     cluster.agent(gateway)
