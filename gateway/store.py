@@ -445,10 +445,10 @@ class Store:
         """What a poll does, in one transaction: the heartbeat (when `beat`), the executions the node should
         stop (`stopped_among`) and the ones it takes now (`claim`)."""
         with self._tx() as session:
-            node = self._heartbeat(session, node_id, info, running, free_slots, now_ns()) if beat else \
-                self._locked_node(session.connection(), node_id)
-            session.flush()  # what the heartbeat changed through the session, written: the reads go to the connection
             db = session.connection()
+            node = self._heartbeat(session, node_id, info, running, free_slots, now_ns()) if beat else \
+                self._locked_node(db, node_id)
+            session.flush()  # what the heartbeat changed through the session, written: the reads go to the connection
             cancel = self._stopped_among(db, node_id, running)
             if not beat:  # woken while it waited: the agent may have started executions since (a completion brings
                 # them), which `running` does not name; the heartbeat has ended those it does not run otherwise
