@@ -182,6 +182,7 @@ async def complete(request: Request) -> JSONResponse:
     outcome = _outcome(body)
     published = bool(body.get("Published"))
     chunks = parse_chunks(body.get("Logs"), "Logs")  # the last of its logs, which come along for a short task
+    slots = _count(body, "Slots", None)
     if published:
         execution = await run_in_threadpool(svc.store.upload_of, node.id, execution_id)
         problem = await _check_upload(svc, execution.result_key, execution.upload_size, execution.upload_sha256)
@@ -190,7 +191,6 @@ async def complete(request: Request) -> JSONResponse:
                                                   f"publish failed: {problem}")
             _failed(svc, node, rescheduled)
             raise Conflict(f"publish failed: {problem}")
-    slots = _count(body, "Slots", None)
     kept, claimed = await run_in_threadpool(svc.store.complete, node.id, execution_id, outcome, published, chunks,
                                             svc.logs.max_bytes, slots=slots)
     if slots is None:
