@@ -31,7 +31,7 @@ class GatewayClient:
         self._current = 0
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=poll_seconds + 30.0)
         self._session: aiohttp.ClientSession | None = None  # made on first use, on the loop that uses it
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0))
+        self._uploads = httpx.AsyncClient(timeout=httpx.Timeout(30.0))  # only for uploads through httpx
         self.credential = ""
 
     @property
@@ -42,7 +42,7 @@ class GatewayClient:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
-        await self._http.aclose()
+        await self._uploads.aclose()
 
     async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes]:
         """POST to the current replica; when it refuses connections, to the next ones in turn (the request was
@@ -130,7 +130,7 @@ class GatewayClient:
                 while chunk := handle.read(1 << 20):
                     yield chunk
 
-        response = await self._http.request(
+        response = await self._uploads.request(
             method, url, content=chunks(), headers=headers | {"Content-Length": str(size)}, timeout=None
         )
         return response.status_code, response.text
