@@ -26,29 +26,45 @@ from shoal.selector import parse_selector
 from shoal.spec import NODE_BOUND_TYPES, Job, parse_job
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+MAX_BATCH = 1000  # jobs in one submission
 
 
 async def submit(request: Request) -> JSONResponse:
+    """One job (`{"Job": …}` or a bare spec), or several in one transaction (`{"Jobs": [...]}`): all of them are
+    stored, or none."""
     svc = services(request)
     body = await read_body(request, svc.settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    job, warnings, force = _parse(body, bare=content_type in _YAML_TYPES)
-    _place_in_namespace(request, job)
-    if has_managed_inputs(job):  # looked up in the object store
-        await run_in_threadpool(check_managed_inputs, svc, job)
-    record = await run_in_threadpool(svc.store.submit, job, force=force, actor=principal(request).name)
-    _announce(svc, record)
-    return JSONResponse({"JobID": record.id, "JobVersion": record.version, "EvaluationID": "",
-                         "Warnings": warnings})
+    specs, force, batch = _read(body, bare=content_type in _YAML_TYPES)
+    parsed = [_parse(spec, f"Jobs[{index}]" if batch else "") for index, spec in enumerate(specs)]
+    jobs = [job for job, _ in parsed]
+    for job in jobs:
+        _place_in_namespace(request, job)
+    if any(has_managed_inputs(job) for job in jobs):  # looked up in the object store
+        for job in jobs:
+            await run_in_threadpool(check_managed_inputs, svc, job)
+    actor = principal(request).name
+    records = (await run_in_threadpool(svc.store.submit_all, jobs, force=force, actor=actor) if batch else
+               [await run_in_threadpool(svc.store.submit, jobs[0], force=force, actor=actor)])
+    _announce(svc, records)
+    answers = [{"JobID": record.id, "JobVersion": record.version, "EvaluationID": "", "Warnings": warnings}
+               for record, (_, warnings) in zip(records, parsed, strict=True)]
+    return JSONResponse({"Jobs": answers} if batch else answers[0])
 
 
-def _announce(svc: Services, job: JobRecord) -> None:
-    """Wake as many waiting polls of nodes with the job's engine as it has executions to take (all of them for
+def _announce(svc: Services, jobs: list[JobRecord]) -> None:
+    """Wake as many waiting polls of nodes with each job's engine as it has executions to take (all of them for
     an ops or daemon job, whose executions are each bound to a node), and the polls that carry the stops of the
-    version it replaced."""
-    engine = str(job.spec["Tasks"][0]["Engine"]["Type"])
-    svc.work.notify(engines=[engine], count=None if job.type in NODE_BOUND_TYPES else job.count)
-    if job.version > 1:
+    versions they replaced."""
+    wanted: dict[str, int | None] = {}
+    for job in jobs:
+        engine = str(job.spec["Tasks"][0]["Engine"]["Type"])
+        count = None if job.type in NODE_BOUND_TYPES else job.count
+        before = wanted.get(engine, 0)
+        wanted[engine] = None if before is None or count is None else before + count
+    for engine, count in wanted.items():
+        svc.work.notify(engines=[engine], count=count)
+    if any(job.version > 1 for job in jobs):
         svc.work.notify()
 
 
@@ -61,22 +77,43 @@ def _place_in_namespace(request: Request, job: Job) -> None:
         job.Namespace = caller.default_namespace
 
 
-def _parse(body: bytes, *, bare: bool) -> tuple[Job, list[str], bool]:
-    """`{"Job": {...}, "Force": …}` as Bacalhau's API sends it, or a bare spec (YAML files, curl users)."""
+def _read(body: bytes, *, bare: bool) -> tuple[list[Any], bool, bool]:
+    """The specs a submission carries, whether it forces them, and whether it is a batch: `{"Job": {...},
+    "Force": …}` as Bacalhau's API sends it, `{"Jobs": [...], "Force": …}`, or a bare spec (YAML files, curl
+    users)."""
     try:
         document = load_document(body) if body.strip() else None
         if not isinstance(document, dict):
-            raise SpecError("", "the body must be {\"Job\": {...}} or a job spec mapping")
+            raise SpecError("", "the body must be {\"Job\": {...}}, {\"Jobs\": [...]} or a job spec mapping")
+        if bare:
+            return [document], False, False
         wrapped = {str(k).lower(): v for k, v in document.items()}
-        force = bool(wrapped.get("force")) if not bare else False
-        if not bare and "job" in wrapped:
+        force = bool(wrapped.get("force"))
+        if "jobs" in wrapped:
+            specs = wrapped["jobs"]
+            if "job" in wrapped:
+                raise SpecError("Jobs", "send either Job or Jobs, not both")
+            if not isinstance(specs, list) or not specs:
+                raise SpecError("Jobs", "must be a non-empty list of job spec mappings")
+            if len(specs) > MAX_BATCH:
+                raise SpecError("Jobs", f"at most {MAX_BATCH} jobs in one submission, not {len(specs)}")
+            return specs, force, True
+        if "job" in wrapped:
             if not isinstance(wrapped["job"], dict):
                 raise SpecError("Job", "must be a job spec mapping")
-            document = wrapped["job"]
-        job, warnings = parse_job(document)
+            return [wrapped["job"]], force, False
+        return [document], force, False
     except SpecError as exc:
         raise BadRequest(str(exc)) from None
-    return job, warnings, force
+
+
+def _parse(spec: Any, where: str = "") -> tuple[Job, list[str]]:
+    """A validated job and its warnings; an error names the field, within `where` (e.g. `Jobs[2]`)."""
+    try:
+        return parse_job(spec)
+    except SpecError as exc:
+        raise BadRequest(str(SpecError(f"{where}.{exc.field}" if where and exc.field else where or exc.field,
+                                       exc.message))) from None
 
 
 async def diff(request: Request) -> JSONResponse:
@@ -84,7 +121,10 @@ async def diff(request: Request) -> JSONResponse:
     svc = services(request)
     body = await read_body(request, svc.settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    job, warnings, _ = _parse(body, bare=content_type in _YAML_TYPES)
+    specs, _, batch = _read(body, bare=content_type in _YAML_TYPES)
+    if batch:
+        raise BadRequest("Jobs: a diff takes one job")
+    job, warnings = _parse(specs[0])
     _place_in_namespace(request, job)
     before: dict[str, Any] = {}
     if job.Name:
@@ -193,7 +233,7 @@ async def rerun(request: Request) -> JSONResponse:
     if not isinstance(version, int) or not 0 <= version < 2**31:
         raise BadRequest("JobVersion: must be a version number")
     job = await run_in_threadpool(svc.store.rerun, visible_namespace(request), request.path_params["ref"], version)
-    _announce(svc, job)
+    _announce(svc, [job])
     await _audit(request, "job.rerun", job, f"version {job.version}")
     return JSONResponse({"JobID": job.id, "JobVersion": job.version, "EvaluationID": "", "Warnings": []})
 

@@ -150,16 +150,24 @@ class Store:
         """Store a validated job and schedule it. A spec whose Name exists in the namespace becomes that job's
         next version (its running executions are stopped); an unchanged spec is refused unless `force`. With an
         `actor`, the audit log records the submission in the same transaction."""
-        now = now_ns()
-        spec = job.wire()
         with self._tx() as session:
-            record = self._submit(session, job, spec, force, now)
-            if actor:
-                audit.add(session, actor, "job.submit", record.id, namespace=record.namespace,
-                          detail=f"version {record.version}")
-        return record
+            return self._submit(session, job, force, actor, now_ns())
 
-    def _submit(self, session: Session, job: Job, spec: dict[str, Any], force: bool, now: int) -> JobRecord:
+    def submit_all(self, jobs: list[Job], *, force: bool = False, actor: str = "") -> list[JobRecord]:
+        """`submit` for several jobs in one transaction, in their order: all of them are stored, or none (an error
+        names the job as `Jobs[i]`)."""
+        now = now_ns()
+        records = []
+        with self._tx() as session:
+            for index, job in enumerate(jobs):
+                try:
+                    records.append(self._submit(session, job, force, actor, now))
+                except BadRequest as exc:
+                    raise BadRequest(f"Jobs[{index}]: {exc.message}", hint=exc.hint) from None
+        return records
+
+    def _submit(self, session: Session, job: Job, force: bool, actor: str, now: int) -> JobRecord:
+        spec = job.wire()
         existing = None
         if job.Name:
             existing = session.exec(select(JobRecord).where(
@@ -171,6 +179,7 @@ class Store:
                 raise BadRequest("no changes detected for new job spec",
                                  hint="submit it with Force (shoal job run --force) to run it again")
             self._new_version(session, existing, spec, "Job updated", now)
+            self._audit_submission(session, actor, existing)
             return existing
         job_id = f"j-{uuid.uuid4()}"
         record = JobRecord(id=job_id, namespace=job.Namespace, name=job.Name or job_id, type=job.Type,
@@ -181,7 +190,13 @@ class Store:
         session.execute(sql.INSERT_VERSION, [{"job_id": job_id, "version": 1, "spec": record.spec, "create_time": now}])
         history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
         self._schedule(session, record, now)
+        self._audit_submission(session, actor, record)
         return record
+
+    @staticmethod
+    def _audit_submission(session: Session, actor: str, job: JobRecord) -> None:
+        if actor:
+            audit.add(session, actor, "job.submit", job.id, namespace=job.namespace, detail=f"version {job.version}")
 
     def rerun(self, namespace: str, ref: str, version: int = 0) -> JobRecord:
         """A new version of a job from one of its specs (the latest by default)."""

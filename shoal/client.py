@@ -8,7 +8,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -79,6 +79,13 @@ class Client:
     def submit(self, job: Mapping[str, Any], *, force: bool = False) -> dict[str, Any]:
         """Submit a job spec; returns `{JobID, EvaluationID, Warnings}`."""
         result: dict[str, Any] = self.request("PUT", _JOBS, json={"Job": dict(job), "Force": force})
+        return result
+
+    def submit_all(self, jobs: Sequence[Mapping[str, Any]], *, force: bool = False) -> list[dict[str, Any]]:
+        """Submit up to 1,000 job specs in one request and one transaction (all are stored, or none); returns
+        `{JobID, JobVersion, EvaluationID, Warnings}` for each, in their order."""
+        result: list[dict[str, Any]] = self.request("PUT", _JOBS, json={"Jobs": [dict(job) for job in jobs],
+                                                                        "Force": force})["Jobs"]
         return result
 
     def diff(self, job: Mapping[str, Any]) -> dict[str, Any]:

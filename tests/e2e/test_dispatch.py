@@ -7,6 +7,7 @@ import time
 
 import httpx
 
+from shoal.client import Client
 from tests.conftest import Cluster
 from tests.fakes import NODE_INFO, WASM_JOB
 from tests.specs import wasm_job
@@ -74,3 +75,20 @@ def test_a_completion_that_says_the_slots_brings_the_next_execution_and_the_wait
         assert waiting.result().status_code == 204  # the slot went to the completion, not to the poll as well
     assert gateway.wait_for_job(first_job, timeout=10)["State"]["StateType"] == "Completed"
     assert [e["ComputeState"]["StateType"] for e in gateway.executions(second_job)] == ["BidAccepted"]
+
+
+def test_a_batch_submitted_through_the_client_runs_every_job_once(cluster: Cluster) -> None:
+    """`Client.submit_all`: one request wakes as many waiting polls as the batch has executions."""
+    gateway = cluster.gateway(poll_seconds=str(POLL_SECONDS), lease_seconds="90")
+    cluster.agent(gateway, "--max-executions", "2")
+    cluster.agent(gateway, "--max-executions", "2")
+    started = time.monotonic()
+    with Client(gateway.url) as client:
+        answers = client.submit_all([wasm_job("echo", str(index)) for index in range(12)])
+    assert len({answer["JobID"] for answer in answers}) == 12
+    for index, answer in enumerate(answers):
+        job = gateway.wait_for_job(answer["JobID"], timeout=POLL_SECONDS * 3)
+        assert job["State"]["StateType"] == "Completed"
+        [execution] = gateway.executions(answer["JobID"])
+        assert execution["RunOutput"]["Stdout"] == f"{index}\n"
+    assert time.monotonic() - started < POLL_SECONDS  # woken, not found by polls that ran out

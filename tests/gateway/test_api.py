@@ -144,6 +144,53 @@ def test_malformed_bodies_are_bad_requests(gateway: Gateway) -> None:
     assert job_ids(gateway) == []
 
 
+def test_a_batch_of_jobs_is_stored_in_order_and_answered_in_order(gateway: Gateway) -> None:
+    specs = [docker_job("echo", str(index)) for index in range(5)] + [docker_job("true") | {"ID": "j-mine"}]
+    response = gateway.http.put(JOBS, json={"Jobs": specs})
+    assert response.status_code == 200, response.text
+    answers = response.json()["Jobs"]
+    assert len(answers) == 6
+    assert len({answer["JobID"] for answer in answers}) == 6
+    assert answers[-1]["Warnings"] == ["ID is set by the server and was ignored"]
+    for index, answer in enumerate(answers[:5]):
+        job = gateway.job(answer["JobID"])
+        assert job["State"]["StateType"] == "Queued"
+        assert job["Tasks"][0]["Engine"]["Params"]["Parameters"] == [f"echo {index}"]
+    assert sorted(job_ids(gateway)) == sorted(answer["JobID"] for answer in answers)
+
+
+def test_a_batch_with_one_bad_job_stores_none_and_names_it(gateway: Gateway) -> None:
+    bad = docker_job("true")
+    del bad["Tasks"][0]["Engine"]["Params"]["Image"]
+    body = expect_error(gateway.http.put(JOBS, json={"Jobs": [docker_job("true"), bad]}), 400)
+    assert "Jobs[1].Tasks[0].Engine.Params.Image" in body["Message"]
+
+    named = docker_job("true") | {"Name": "once"}
+    assert gateway.http.put(JOBS, json={"Job": named}).status_code == 200
+    body = expect_error(gateway.http.put(JOBS, json={"Jobs": [docker_job("echo", "new"), named]}), 400)
+    assert body["Message"].startswith("Jobs[1]: no changes detected"), body
+    assert len(job_ids(gateway)) == 1  # only the named job submitted on its own
+
+    for jobs, field in (([], "Jobs: must be a non-empty list"), ("no", "Jobs: must be a non-empty list"),
+                        ([docker_job("true")] * 1001, "Jobs: at most 1000 jobs")):
+        body = expect_error(gateway.http.put(JOBS, json={"Jobs": jobs}), 400)
+        assert body["Message"].startswith(field), body
+    body = expect_error(gateway.http.put(JOBS, json={"Jobs": [docker_job("true")], "Job": docker_job("true")}), 400)
+    assert "either Job or Jobs" in body["Message"]
+    body = expect_error(gateway.http.put(f"{JOBS}/diff", json={"Jobs": [docker_job("true")]}), 400)
+    assert body["Message"].startswith("Jobs: a diff takes one job")
+    assert len(job_ids(gateway)) == 1
+
+
+def test_a_batch_can_force_an_unchanged_named_job_again(gateway: Gateway) -> None:
+    named = docker_job("true") | {"Name": "again"}
+    first = gateway.http.put(JOBS, json={"Jobs": [named]}).json()["Jobs"][0]
+    again = gateway.http.put(JOBS, json={"Jobs": [named, docker_job("true")], "Force": True})
+    assert again.status_code == 200, again.text
+    answer = again.json()["Jobs"][0]
+    assert (answer["JobID"], answer["JobVersion"]) == (first["JobID"], 2)
+
+
 def test_body_over_the_limit_is_413(start_gateway: Callable[..., Gateway]) -> None:
     gateway = start_gateway(max_body_bytes="2000")
     padded = docker_job("echo", "x" * 3000)
