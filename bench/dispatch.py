@@ -58,7 +58,8 @@ PACING_S = 0.05  # pause after a job completes so the agent is back in a waiting
 WARMUP_JOBS = 2  # latency jobs per replica run first and left out of the statistics (compile, first imports)
 THREADS = 16
 SLOTS_PER_AGENT = 2
-THROUGHPUT_AGENTS = (1, 4)
+BATCH = 100  # jobs per request in the batched throughput measurement
+THROUGHPUT_RUNS = ((1, 1), (4, 1), (4, BATCH))  # (agents, jobs per submission)
 DONE_POLL_S = 0.05
 NA = "n/a"  # a table cell that does not apply
 
@@ -209,38 +210,45 @@ def bench_latency(root: Path, scenarios: list[Scenario], jobs: int) -> dict[str,
 # -- b. throughput ------------------------------------------------------------------------------------------
 
 
-def submit_all(gw: Stack, namespace: str, jobs: int) -> tuple[list[int], list[str]]:
-    """Submit `jobs` echo jobs from THREADS threads, one httpx client per thread and replica, job i through
-    replica i % replicas; the submit times and errors."""
+def submit_all(gw: Stack, namespace: str, jobs: int, batch: int) -> tuple[list[int], list[str]]:
+    """Submit `jobs` echo jobs from THREADS threads, one httpx client per thread and replica, `batch` jobs per
+    request (`{"Jobs": [...]}` when more than one), request i through replica i % replicas; the submit times and
+    errors (one per job)."""
     job = probe_job(namespace, "echo", "x")
+    sizes = [min(batch, jobs - start) for start in range(0, jobs, batch)]
     local = threading.local()
     clients: list[httpx.Client] = []
     lock = threading.Lock()
 
-    def submit(index: int) -> tuple[int, str]:
+    def submit(index: int) -> tuple[int, list[str]]:
         if not hasattr(local, "clients"):
             local.clients = [http_client(url) for url in gw.urls]
             with lock:
                 clients.extend(local.clients)
         before = time.time_ns()
+        client = local.clients[index % gw.replicas]
         try:
-            gw.submit(local.clients[index % gw.replicas], job)
+            if batch == 1:
+                gw.submit(client, job)
+            else:
+                gw.submit_all(client, [job] * sizes[index])
         except (BenchError, httpx.HTTPError) as exc:
-            return before, f"{type(exc).__name__}: {exc}"
-        return before, ""
+            return before, [f"{type(exc).__name__}: {exc}"] * sizes[index]
+        return before, []
 
     try:
         with ThreadPoolExecutor(THREADS) as pool:
-            results = list(pool.map(submit, range(jobs)))
+            results = list(pool.map(submit, range(len(sizes))))
     finally:
         for client in clients:
             client.close()
-    return [t for t, _ in results], [e for _, e in results if e]
+    return [t for t, _ in results], [e for _, errors in results for e in errors]
 
 
-def bench_throughput(root: Path, scenario: Scenario, agents: int, jobs: int, round_: int = 0) -> dict[str, Any]:
-    namespace = f"bench-throughput-{agents}-{uuid.uuid4().hex[:8]}"
-    with stack(root, f"{scenario.label}-throughput-{agents}-r{round_}", scenario.new_database(), scenario.replicas,
+def bench_throughput(root: Path, scenario: Scenario, agents: int, batch: int, jobs: int,
+                     round_: int = 0) -> dict[str, Any]:
+    namespace = f"bench-throughput-{agents}-{batch}-{uuid.uuid4().hex[:8]}"
+    with stack(root, f"{scenario.label}-throughput-{agents}-{batch}-r{round_}", scenario.new_database(), scenario.replicas,
                agents=agents, slots=SLOTS_PER_AGENT) as gw:
         # Warm every replica up (first requests, imports); each agent still compiles the module on first use.
         for client in gw.clients:
@@ -248,7 +256,7 @@ def bench_throughput(root: Path, scenario: Scenario, agents: int, jobs: int, rou
         wait_for(lambda: not gw.active(namespace + "-warmup"), timeout=60, what="the warm-up jobs")
         watch = CpuWatch()
         began = time.monotonic()
-        submit_times, errors = submit_all(gw, namespace, jobs)
+        submit_times, errors = submit_all(gw, namespace, jobs, batch)
         submitted = time.monotonic()
         deadline = max(300.0, jobs * 1.0)
         wait_for(lambda: not gw.active(namespace), timeout=deadline, interval=DONE_POLL_S,
@@ -261,7 +269,7 @@ def bench_throughput(root: Path, scenario: Scenario, agents: int, jobs: int, rou
     last_done = max((j["ModifyTime"] for j in completed), default=first)
     elapsed_s = (last_done - first) / 1e9
     return {
-        "jobs": jobs, "agents": agents, "max_executions": SLOTS_PER_AGENT, "threads": THREADS,
+        "jobs": jobs, "agents": agents, "batch": batch, "max_executions": SLOTS_PER_AGENT, "threads": THREADS,
         **({"replicas": scenario.replicas, "submitted_through": "replicas in turn",
             "agents_poll_replicas": [i % scenario.replicas for i in range(agents)]} if scenario.replicas > 1 else {}),
         "namespace": namespace,
@@ -285,7 +293,8 @@ def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                                                             "submit_error_count", "submit_phase_s", "elapsed_s",
                                                             "observed_elapsed_s")}
     return {
-        "jobs": total["jobs"], "agents": first["agents"], "max_executions": first["max_executions"],
+        "jobs": total["jobs"], "agents": first["agents"], "batch": first["batch"],
+        "max_executions": first["max_executions"],
         "threads": first["threads"],
         **{key: first[key] for key in ("replicas", "submitted_through", "agents_poll_replicas") if key in first},
         **{key: total[key] for key in ("completed", "failed", "stopped")},
@@ -316,7 +325,7 @@ def row(backend: str, replicas: int, latency: dict[str, Any] | None, cross: dict
         "dispatch_p50_ms": lat["p50"] if lat else None, "dispatch_p99_ms": lat["p99"] if lat else None,
         "cross_replica_p50_ms": crossed["p50"] if crossed else None,
         "cross_replica_p99_ms": crossed["p99"] if crossed else None,
-        "throughput": [{"agents": t["agents"], "jobs": t["jobs"], "jobs_per_s": t["jobs_per_s"],
+        "throughput": [{"agents": t["agents"], "batch": t["batch"], "jobs": t["jobs"], "jobs_per_s": t["jobs_per_s"],
                         "jobs_per_s_by_round": t["jobs_per_s_by_round"],
                         "not_completed": t["jobs"] - t["completed"] + t["submit_error_count"]} for t in throughput],
         "other_cores_max": max(m["cpu"]["other_cores"] for m in measured) if measured else None,
@@ -327,24 +336,25 @@ def table(rows: list[dict[str, Any]]) -> str:
     def ms(value: float | None) -> str:
         return NA if value is None else f"{value:.1f}"
 
-    def rate(entry: dict[str, Any], agents: int) -> str:
+    def rate(entry: dict[str, Any], agents: int, batch: int) -> str:
         for t in entry["throughput"]:
-            if t["agents"] == agents:
+            if (t["agents"], t["batch"]) == (agents, batch):
                 bad = f" (**{t['not_completed']} not completed**)" if t["not_completed"] else ""
                 return f"{t['jobs_per_s']:.1f}{bad}"
         return NA
 
     lines = ["| backend | replicas | dispatch p50 (ms) | dispatch p99 (ms) | cross-replica p50 (ms) "
-             "| cross-replica p99 (ms) | jobs/s, 1 agent | jobs/s, 4 agents | jobs (latency / cross / throughput) "
-             "| others' CPU (cores) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+             f"| cross-replica p99 (ms) | jobs/s, 1 agent | jobs/s, 4 agents | jobs/s, 4 agents, {BATCH} per request "
+             "| jobs (latency / cross / throughput) | others' CPU (cores) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
     for entry in rows:
         counts = sorted({t["jobs"] for t in entry["throughput"]})
         lines.append(
             f"| {names.get(entry['backend'], entry['backend'])} | {entry['replicas']} | {ms(entry['dispatch_p50_ms'])} "
             f"| {ms(entry['dispatch_p99_ms'])} | {ms(entry['cross_replica_p50_ms'])} "
-            f"| {ms(entry['cross_replica_p99_ms'])} | {rate(entry, 1)} | {rate(entry, 4)} "
+            f"| {ms(entry['cross_replica_p99_ms'])} | {rate(entry, 1, 1)} | {rate(entry, 4, 1)} "
+            f"| {rate(entry, 4, BATCH)} "
             f"| {entry['latency_jobs']} / {entry['cross_replica_jobs'] or NA} / "
             f"{'/'.join(str(c) for c in counts) or NA} | {ms(entry['other_cores_max'])} |")
     return "\n".join(lines)
@@ -385,7 +395,8 @@ def main() -> int:
         "backends": args.backends, "postgres_replicas": args.replicas if "postgres" in args.backends else [],
         "latency_jobs": latency_jobs, "cross_replica_jobs": latency_jobs, "latency_interleaved": True,
         "throughput_jobs": throughput_jobs, "throughput_rounds": per_round,
-        "throughput_agents": list(THROUGHPUT_AGENTS), "slots_per_agent": SLOTS_PER_AGENT, "submit_threads": THREADS,
+        "throughput_runs": [{"agents": agents, "batch": batch} for agents, batch in THROUGHPUT_RUNS],
+        "slots_per_agent": SLOTS_PER_AGENT, "submit_threads": THREADS,
         "publisher": PUBLISHER, "warmup_latency_jobs_per_replica": WARMUP_JOBS, "pacing_s": PACING_S,
         "latency_poll_s": LATENCY_POLL_S, "gateway_settings": "defaults (SHOAL_* of the caller dropped)"}
     pg: Postgres | None = None
@@ -403,14 +414,14 @@ def main() -> int:
             names = ", ".join(s.label for s in scenarios)
             print(f"latency: {latency_jobs} rounds, interleaved over {names}", file=sys.stderr)
             latency = bench_latency(root, scenarios, latency_jobs)
-            measurements = [(s, agents) for s in scenarios for agents in THROUGHPUT_AGENTS]
-            throughput: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            measurements = [(s, agents, batch) for s in scenarios for agents, batch in THROUGHPUT_RUNS]
+            throughput: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
             for round_, jobs in enumerate(per_round):
-                for scenario, agents in measurements if round_ % 2 == 0 else measurements[::-1]:
-                    print(f"throughput round {round_ + 1}/{rounds}: {scenario.label}, {jobs} jobs, {agents} agent(s)",
-                          file=sys.stderr)
-                    run = bench_throughput(root, scenario, agents, jobs, round_)
-                    throughput.setdefault((scenario.label, agents), []).append(run)
+                for scenario, agents, batch in measurements if round_ % 2 == 0 else measurements[::-1]:
+                    print(f"throughput round {round_ + 1}/{rounds}: {scenario.label}, {jobs} jobs, {agents} agent(s),"
+                          f" {batch} per request", file=sys.stderr)
+                    run = bench_throughput(root, scenario, agents, batch, jobs, round_)
+                    throughput.setdefault((scenario.label, agents, batch), []).append(run)
     except BaseException:
         if pg is not None:
             print(f"--- postgres server log (last lines) ---\n{pg.tail()}", file=sys.stderr)
@@ -422,7 +433,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for scenario in scenarios:
         lat, cross = latency[scenario.label]
-        runs = [combine(throughput[(scenario.label, agents)]) for agents in THROUGHPUT_AGENTS]
+        runs = [combine(throughput[(scenario.label, agents, batch)]) for agents, batch in THROUGHPUT_RUNS]
         rows.append(row(scenario.backend, scenario.replicas, lat, cross, runs))
         if scenario.backend == "sqlite":
             results["latency"], results["throughput"] = lat, runs

@@ -329,6 +329,12 @@ class Stack:
             raise BenchError(f"submit answered {response.status_code}: {response.text[:500]}")
         return str(response.json()["JobID"])
 
+    def submit_all(self, client: httpx.Client, jobs: list[dict[str, Any]]) -> list[str]:
+        response = client.put(JOBS, json={"Jobs": jobs})
+        if response.status_code != 200:
+            raise BenchError(f"submit answered {response.status_code}: {response.text[:500]}")
+        return [str(answer["JobID"]) for answer in response.json()["Jobs"]]
+
     def list_jobs(self, namespace: str, state: str, limit: int) -> tuple[list[dict[str, Any]], str]:
         response = self.api.get(JOBS, params={"namespace": namespace, "state": state, "limit": limit})
         response.raise_for_status()

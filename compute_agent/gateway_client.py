@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,12 @@ class GatewayClient:
     Calls go through aiohttp, whose HTTP parser is in C: a call and its answer (an assignment can carry tens of
     KB of inline inputs) cost the agent about a quarter of the CPU they did through httpx, on every job. Uploads
     that cannot go straight to a socket (HTTPS, a proxy) stream through httpx. Both honour the proxy settings
-    of the environment."""
+    of the environment; for the calls they are read once, at start (aiohttp's `trust_env` would look them and
+    ~/.netrc up again on every call, in a worker thread)."""
 
     def __init__(self, base_urls: str, *, poll_seconds: float) -> None:
         self._urls = [url.strip().rstrip("/") for url in base_urls.split(",") if url.strip()]
+        self._proxies = [_proxy_for(url) for url in self._urls]
         self._current = 0
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=poll_seconds + 30.0)
         self._session: aiohttp.ClientSession | None = None  # made on first use, on the loop that uses it
@@ -48,10 +52,11 @@ class GatewayClient:
         """POST to the current replica; when it refuses connections, to the next ones in turn (the request was
         never sent, so trying again elsewhere is safe). Returns the answer's status and body."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=True)
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
         for _ in range(len(self._urls)):
             try:
-                async with self._session.post(self.url + _BASE + path, json=body, headers=headers) as response:
+                async with self._session.post(self.url + _BASE + path, json=body, headers=headers,
+                                              proxy=self._proxies[self._current]) as response:
                     return response.status, await response.read()
             except aiohttp.ClientConnectorError as exc:
                 error: Exception = exc
@@ -134,3 +139,10 @@ class GatewayClient:
             method, url, content=chunks(), headers=headers | {"Content-Length": str(size)}, timeout=None
         )
         return response.status_code, response.text
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (http_proxy, https_proxy, no_proxy), if any."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    return None if proxy is None or urllib.request.proxy_bypass(parts.hostname or "") else proxy
