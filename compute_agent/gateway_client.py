@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import orjson
 
 from compute_agent.errors import GatewayError, NotRegistered
 from compute_agent.upload import direct, put_file
@@ -55,7 +55,7 @@ class GatewayClient:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         for _ in range(len(self._urls)):
             try:
-                async with self._session.post(self.url + _BASE + path, json=body, headers=headers,
+                async with self._session.post(self.url + _BASE + path, data=orjson.dumps(body), headers=headers,
                                               proxy=self._proxies[self._current]) as response:
                     return response.status, await response.read()
             except aiohttp.ClientConnectorError as exc:
@@ -67,13 +67,13 @@ class GatewayClient:
 
     async def _call(self, path: str, body: dict[str, Any], *, auth: str | None = None) -> dict[str, Any] | None:
         token = self.credential if auth is None else auth
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
         status, content = await self._post(path, body, headers)
         if status == 204:
             return None
         try:
-            reply = json.loads(content)
-        except ValueError:
+            reply = orjson.loads(content)
+        except orjson.JSONDecodeError:
             reply = None
         if status >= 400:
             text = content.decode("utf-8", "replace")

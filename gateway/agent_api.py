@@ -9,9 +9,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import RedirectResponse
 from starlette.routing import Route
 
+from gateway.responses import JSONResponse
 from gateway.services import services
 from shoal import __version__
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import (
@@ -35,6 +35,7 @@ from gateway.errors import ConfigurationError, GatewayError, error_body
 from gateway.log_store import LogStore
 from gateway.notify import PgRelay, WorkSignal
 from gateway.objectstore import make_object_store
+from gateway.responses import JSONResponse
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store import Store

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth_config import AuthConfig, User
 from gateway.errors import Forbidden, GatewayError, NotFound, TooManyRequests, Unauthorized, error_body
 from gateway.oidc import OIDCConfig, OIDCVerifier, looks_like_jwt
+from gateway.responses import JSONResponse
 from gateway.tokens import TokenStore
 
 ADMIN = "*"

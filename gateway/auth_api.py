@@ -11,13 +11,13 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.auth import ADMIN, grants, principal, visible_namespace
 from gateway.auth_config import CAPABILITIES
 from gateway.errors import BadRequest, Forbidden
 from gateway.models import AuditRecord, TokenRecord
+from gateway.responses import JSONResponse
 from gateway.services import query_int, read_json, services
 from gateway.store import now_ns
 

@@ -13,13 +13,14 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import check_join_token
 from gateway.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
 from gateway.log_store import parse_chunks, storable
 from gateway.models import ExecutionState, NodeRecord
+from gateway.responses import JSONResponse
 from gateway.services import Services, bearer, calling_node, read_json, services
 from gateway.store import Claimed, NodeInfo, RunOutcome
 from gateway.uploads_api import with_input_urls

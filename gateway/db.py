@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -28,6 +29,7 @@ from sqlmodel import SQLModel, create_engine
 
 from gateway import models  # noqa: F401  (registers the tables)
 from gateway.errors import ConfigurationError
+from gateway.responses import dumps
 
 READ_ONLY = {"sqlite_begin": "DEFERRED"}
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -79,6 +81,14 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _json_text(value: Any) -> str:
+    return dumps(value).decode()
+
+
+# JSON columns (a job's spec: tens of KB with inline inputs) written and read through orjson
+_JSON: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
+
+
 def new_engine(url: str) -> Engine:
     """An engine for `url`, tuned, with the schema as it is."""
     if url.startswith("sqlite"):
@@ -86,10 +96,10 @@ def new_engine(url: str) -> Engine:
         # the pool's size, every transaction would open a connection (and set it up) and close it again.
         pooled = {"pool_size": 48, "max_overflow": 16} if url.split("://", 1)[1].strip("/") not in ("", ":memory:") \
             else {}
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pooled)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pooled, **_JSON)
         _tune_sqlite(engine)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **_JSON)
     return engine
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import yaml
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import history, wire
@@ -18,6 +17,7 @@ from gateway.auth import principal, visible_namespace
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.models import ExecutionState, JobRecord
 from gateway.redaction import redact_spec
+from gateway.responses import JSONResponse
 from gateway.services import Services, query_int, read_body, read_json, services
 from gateway.uploads_api import check_managed_inputs, has_managed_inputs
 from shoal.documents import load_document

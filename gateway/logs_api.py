@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -24,6 +24,7 @@ from gateway.auth import visible_namespace
 from gateway.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge
 from gateway.log_store import STREAMS, parse_chunks
 from gateway.models import ExecutionRecord, ExecutionState
+from gateway.responses import JSONResponse
 from gateway.services import Services, calling_node, query_int, read_json, services
 
 LINE_TYPES = {"stdout": 1, "stderr": 2}

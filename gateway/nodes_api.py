@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import wire
 from gateway.auth import principal
 from gateway.errors import BadRequest
 from gateway.models import NodeMembership
+from gateway.responses import JSONResponse
 from gateway.services import read_json, services
 
 _ACTIONS = {"approve": NodeMembership.APPROVED, "reject": NodeMembership.REJECTED}

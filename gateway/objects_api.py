@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import BadRequest, NotFound
 from gateway.objectstore.local import OBJECTS_PATH, LocalObjectStore
+from gateway.responses import JSONResponse
 from gateway.services import services
 
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.models import DesiredState, ExecutionState, JobState, NodeConnection, NodeMembership
+from gateway.responses import JSONResponse
 from shoal import __version__
 from shoal.spec import MAX_COUNT, EngineType, JobType, PartitionType, PublisherType, SourceType
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.auth import principal
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge
+from gateway.responses import JSONResponse
 from gateway.services import Services, read_json, services
 from shoal.spec import Job, SourceType
 

@@ -4,9 +4,9 @@ Refused, as a `SpecError` naming the field where there is one: YAML aliases that
 values ("billion laughs") or refer to themselves, nesting deeper than MAX_DEPTH (libyaml takes quadratic time
 on deep nesting and crashes past some 40k levels, so the parser's events are counted before anything is
 built), YAML types beyond strings, numbers, booleans, null, lists and mappings (`!!python/object`, `!!binary`,
-`!!set`, `!!timestamp`…), numbers that are not finite or do not fit in 64 bits, NUL in any string, and keys
-holding control or invisible characters. An unquoted YAML date stays the text it was written as, as Go reads
-it into a string field.
+`!!set`, `!!timestamp`…), numbers that are not finite or do not fit in 64 bits, NUL or a lone surrogate
+(JSON's `\\ud800`, which no UTF-8 answer could carry) in any string, and keys holding control or invisible
+characters. An unquoted YAML date stays the text it was written as, as Go reads it into a string field.
 """
 
 from __future__ import annotations
@@ -138,6 +138,14 @@ def check_document(document: Any) -> None:
             _check_scalar(value, field)
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_scalar(value: Any, field: str) -> None:
     if value is _TOO_LONG or (isinstance(value, int) and not -_INT64 <= value < _INT64):
         raise SpecError(field, "is too large a number")
@@ -145,5 +153,7 @@ def _check_scalar(value: Any, field: str) -> None:
         raise SpecError(field, "must be a finite number")
     if isinstance(value, str) and "\0" in value:
         raise SpecError(field, "must not contain NUL")
+    if isinstance(value, str) and not value.isascii() and not _is_unicode(value):
+        raise SpecError(field, "is not valid Unicode text (it holds a lone surrogate)")
     if value is not None and not isinstance(value, str | int | float):
         raise SpecError(field, f"a YAML {type(value).__name__} is not allowed here; quote it to make it text")

@@ -226,6 +226,12 @@ def test_nul_anywhere_is_refused_naming_the_field(task: dict[str, Any], field: s
     assert "NUL" in error.message
 
 
+def test_a_lone_surrogate_is_refused_naming_the_field() -> None:
+    error = refused(json.dumps(docker_spec(Env={"GREETING": "hi\ud800"})))  # written as the escape \ud800
+    assert error.field == "Tasks[0].Env.GREETING"
+    assert "lone surrogate" in error.message
+
+
 @pytest.mark.parametrize("key", ["FOO\n", "FOO\u0000", "\u001b[2JFOO", "FOO\u202e", "FOO\u200b", "FOO\r"])
 def test_env_keys_with_control_or_invisible_characters_are_refused(key: str) -> None:
     error = refused(json.dumps(docker_spec(Env={key: "x"})))
