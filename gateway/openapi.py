@@ -22,6 +22,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
+from gateway.jobs_api import MAX_BATCH
 from gateway.models import DesiredState, ExecutionState, JobState, NodeConnection, NodeMembership
 from gateway.responses import JSONResponse
 from shoal import __version__
@@ -388,8 +389,18 @@ def _jobs(paths: dict[str, dict[str, Schema]]) -> None:
         required=True, example={"Job": _EXAMPLE_JOB},
     )
     spec_body["content"]["application/yaml"] = {"schema": _ref("JobSpec")}
-    _op(paths, "PUT POST", JOBS, "Submit a job, or a new version of the job with its Name", "Jobs", "submitJob",
-        body=spec_body, responses={"200": _json("Submitted", _ref("SubmitResponse"))}, errors=(400, 403, 413))
+    one, bare = spec_body["content"]["application/json"]["schema"]["anyOf"]
+    many = _obj({"Jobs": _array(_ref("JobSpec"), "Stored in one transaction, in this order: all of them, or none",
+                                minItems=1, maxItems=MAX_BATCH),
+                 "Force": _bool("Submit even if a named job's spec is unchanged")}, required=["Jobs"])
+    submit_body = _body({"anyOf": [one, many, bare]}, required=True, example={"Job": _EXAMPLE_JOB},
+                        description=spec_body["description"] + " `{Jobs, Force}` submits several jobs at once.")
+    submit_body["content"]["application/yaml"] = {"schema": _ref("JobSpec")}
+    _op(paths, "PUT POST", JOBS, "Submit a job (or several), or a new version of the job with its Name", "Jobs",
+        "submitJob", body=submit_body, errors=(400, 403, 413), responses={"200": _json("Submitted", {"anyOf": [
+            _ref("SubmitResponse"),
+            _obj({"Jobs": _array(_ref("SubmitResponse"), "One per job submitted, in its order")}, required=["Jobs"]),
+        ]})})
     _op(paths, "PUT POST", JOBS + "/diff", "Validate a spec and show how it differs from the job's latest version",
         "Jobs", "diffJob", body=spec_body, errors=(400, 413),
         responses={"200": _json("The unified diff (from /dev/null for a new job)",

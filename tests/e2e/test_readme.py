@@ -47,6 +47,7 @@ def test_the_quick_start_works_verbatim(tmp_path: Path, docker_engine: Any) -> N
     assert (work / "results" / "outputs" / "counts.txt").read_text().startswith("2 4 23 /inputs/hello.txt\n")
     assert (work / "wasm-results" / "outputs" / "counts.txt").read_text().startswith("2 5 24 /inputs/numbers.txt\n")
     assert '"StateType":"Completed"' in ran.stdout
+    assert re.search(r"^j-[0-9a-f-]{36} j-[0-9a-f-]{36}$", ran.stdout, flags=re.M)  # a batch of two, in one request
     assert "placed again" in ran.stdout and "rerun as version 3" in ran.stdout
     assert "400000 /data/big.bin" in ran.stdout and "sent with curl" in ran.stdout
     assert "word-count" in ran.stdout and re.search(r"\b2\s+9\s+44 words\.txt", ran.stdout)
