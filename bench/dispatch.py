@@ -248,8 +248,8 @@ def submit_all(gw: Stack, namespace: str, jobs: int, batch: int) -> tuple[list[i
 def bench_throughput(root: Path, scenario: Scenario, agents: int, batch: int, jobs: int,
                      round_: int = 0) -> dict[str, Any]:
     namespace = f"bench-throughput-{agents}-{batch}-{uuid.uuid4().hex[:8]}"
-    with stack(root, f"{scenario.label}-throughput-{agents}-{batch}-r{round_}", scenario.new_database(), scenario.replicas,
-               agents=agents, slots=SLOTS_PER_AGENT) as gw:
+    with stack(root, f"{scenario.label}-throughput-{agents}-{batch}-r{round_}", scenario.new_database(),
+               scenario.replicas, agents=agents, slots=SLOTS_PER_AGENT) as gw:
         # Warm every replica up (first requests, imports); each agent still compiles the module on first use.
         for client in gw.clients:
             gw.submit(client, probe_job(namespace + "-warmup", "echo", "warm"))
