@@ -27,6 +27,7 @@ from shoal.spec import NODE_BOUND_TYPES, Job, parse_job
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 MAX_BATCH = 1000  # jobs in one submission
+_PARSE_INLINE_BYTES = 256 * 1024  # bodies up to this size are parsed on the event loop (no thread hop)
 
 
 async def submit(request: Request) -> JSONResponse:
@@ -35,8 +36,10 @@ async def submit(request: Request) -> JSONResponse:
     svc = services(request)
     body = await read_body(request, svc.settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    specs, force, batch = _read(body, bare=content_type in _YAML_TYPES)
-    parsed = [_parse(spec, f"Jobs[{index}]" if batch else "") for index, spec in enumerate(specs)]
+    bare = content_type in _YAML_TYPES
+    # a large body (a batch, big inline inputs) is read in a thread: the event loop serves the others meanwhile
+    parsed, force, batch = (_jobs(body, bare) if len(body) <= _PARSE_INLINE_BYTES else
+                            await run_in_threadpool(_jobs, body, bare))
     jobs = [job for job, _ in parsed]
     for job in jobs:
         _place_in_namespace(request, job)
@@ -112,8 +115,14 @@ def _parse(spec: Any, where: str = "") -> tuple[Job, list[str]]:
     try:
         return parse_job(spec)
     except SpecError as exc:
-        raise BadRequest(str(SpecError(f"{where}.{exc.field}" if where and exc.field else where or exc.field,
-                                       exc.message))) from None
+        field = ".".join(part for part in (where, exc.field) if part)
+        raise BadRequest(f"{field}: {exc.message}" if field else exc.message) from None
+
+
+def _jobs(body: bytes, bare: bool) -> tuple[list[tuple[Job, list[str]]], bool, bool]:
+    """The validated jobs of a submission and their warnings, whether it forces them, and whether it is a batch."""
+    specs, force, batch = _read(body, bare=bare)
+    return [_parse(spec, f"Jobs[{index}]" if batch else "") for index, spec in enumerate(specs)], force, batch
 
 
 async def diff(request: Request) -> JSONResponse:

@@ -182,6 +182,18 @@ def test_a_batch_with_one_bad_job_stores_none_and_names_it(gateway: Gateway) -> 
     assert len(job_ids(gateway)) == 1
 
 
+def test_a_large_batch_is_read_and_checked_the_same(gateway: Gateway) -> None:
+    """Bodies over 256 KiB are parsed in a worker thread: same answers, same errors."""
+    specs = [docker_job("true", env={"PAD": "x" * 60_000}) for _ in range(6)]
+    bad = docker_job("true", env={"PAD": "x" * 60_000, "lower": "x"})
+    body = expect_error(gateway.http.put(JOBS, json={"Jobs": [*specs, bad]}), 400)
+    assert "Jobs[6].Tasks[0].Env.lower" in body["Message"]
+    assert job_ids(gateway) == []
+    response = gateway.http.put(JOBS, json={"Jobs": specs})
+    assert response.status_code == 200, response.text
+    assert sorted(job_ids(gateway)) == sorted(answer["JobID"] for answer in response.json()["Jobs"])
+
+
 def test_a_batch_can_force_an_unchanged_named_job_again(gateway: Gateway) -> None:
     named = docker_job("true") | {"Name": "again"}
     first = gateway.http.put(JOBS, json={"Jobs": [named]}).json()["Jobs"][0]
