@@ -1,7 +1,8 @@
 """Job history: what happened to a job and its executions, in order, with Bacalhau's topics and messages.
 
-Events are written in the same transaction as the change they describe, at once (a SQL Core insert, not an ORM
-object flushed later), so that their sequence numbers follow the order of the changes.
+Events are written in the same transaction as the change they describe: queued in the order of the changes as
+they happen (`write`), and inserted together as the transaction ends (`flush`, one SQL Core INSERT for all of a
+transaction's events), so that their sequence numbers follow the order of the changes.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from gateway.models import EVENTS, EventRecord, ExecutionRecord, JobRecord
 
 _INSERT = insert(EVENTS)
+_PENDING = "shoal_history_events"  # in Session.info
 
 
 class Topic(StrEnum):
@@ -45,8 +47,15 @@ def event(job_id: str, version: int, execution_id: str, topic: Topic, message: s
             "message": message, "previous_state": previous, "new_state": new, "details": details or {}, "time": now}
 
 
-def write(db: Session | Connection, events: list[dict[str, Any]]) -> None:
-    db.execute(_INSERT, events)
+def write(session: Session, events: list[dict[str, Any]]) -> None:
+    """Queue `events` (rows from `event`) to be inserted at the end of the session's transaction."""
+    session.info.setdefault(_PENDING, []).extend(events)
+
+
+def flush(session: Session) -> None:
+    """Insert the events the transaction has queued, in one statement (the transaction ends next)."""
+    if pending := session.info.pop(_PENDING, None):
+        session.execute(_INSERT, pending)
 
 
 def read(session: Session, job_id: str, *, after: int, limit: int, level: str = "all",

@@ -35,7 +35,8 @@ def new(values: dict[str, Any]) -> dict[str, Any]:
 
 # rows read and locked (FOR UPDATE on PostgreSQL; SQLite's transaction holds the write lock already)
 NODE = select(NODES).where(NODES.c.id == bindparam("node")).with_for_update()
-JOB = select(JOBS).where(JOBS.c.id == bindparam("job")).with_for_update()
+JOB_OF = select(JOBS).where(JOBS.c.id == select(EXECUTIONS.c.job_id).where(
+    EXECUTIONS.c.id == bindparam("execution")).scalar_subquery()).with_for_update()  # an execution's job
 EXECUTION = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("execution")).with_for_update()
 INSERT_JOB = insert(JOBS)
 INSERT_VERSION = insert(JOB_VERSIONS)
@@ -61,7 +62,6 @@ RUNNING_HERE = select(EXECUTIONS.c.id, EXECUTIONS.c.desired_state, EXECUTIONS.c.
 USABLE_NODES = select(NODES).where(
     NODES.c.membership == NodeMembership.APPROVED, NODES.c.connection == NodeConnection.CONNECTED,
 ).execution_options(yield_per=NODES_PER_READ)
-JOB_OF = select(EXECUTIONS.c.job_id).where(EXECUTIONS.c.id == bindparam("execution"))
 DONE_PARTITIONS = select(func.count(func.distinct(EXECUTIONS.c.partition_index))).where(
     EXECUTIONS.c.job_id == bindparam("job"), EXECUTIONS.c.job_version == bindparam("version"),
     EXECUTIONS.c.compute_state == ExecutionState.COMPLETED)

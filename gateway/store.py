@@ -108,6 +108,7 @@ class Store:
         """A transaction that writes (on SQLite it takes the write lock at BEGIN)."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
+            history.flush(session)
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -155,11 +156,13 @@ class Store:
 
     def submit_all(self, jobs: list[Job], *, force: bool = False, actor: str = "") -> list[JobRecord]:
         """`submit` for several jobs in one transaction, in their order: all of them are stored, or none (an error
-        names the job as `Jobs[i]`)."""
+        names the job as `Jobs[i]`). Each is a nanosecond or more younger than the one before: the queue takes
+        them in their order."""
         now = now_ns()
         records = []
         with self._tx() as session:
             for index, job in enumerate(jobs):
+                now = max(now_ns(), now + 1) if index else now
                 try:
                     records.append(self._submit(session, job, force, actor, now))
                 except BadRequest as exc:
@@ -535,7 +538,7 @@ class Store:
                 started.add(job_id)
             if started:
                 db.execute(sql.START, {"ids": sorted(started), "now": now})
-        history.write(db, events)
+        history.write(session, events)
         claimed_jobs = {job_id: JobRecord(**dict(job._mapping)) for job_id, job in jobs.items()}
         for job_id in started:
             job = claimed_jobs[job_id]
@@ -577,8 +580,7 @@ class Store:
         """An execution its agent ends, and its job (their rows), both locked (the job first). The ends of one job's
         executions take turns on its row: each then sees the others', so the last partition to complete always ends
         the job."""
-        job_id = db.execute(sql.JOB_OF, {"execution": execution_id}).scalar()
-        job = db.execute(sql.JOB, {"job": job_id}).first() if job_id else None
+        job = db.execute(sql.JOB_OF, {"execution": execution_id}).first()
         execution = _checked_assignment(db.execute(sql.EXECUTION, {"execution": execution_id}).first(), node_id,
                                         execution_id)
         if job is None:
@@ -626,7 +628,7 @@ class Store:
             events.append(history.event(job.id, execution.job_version, execution_id, Topic.EXECUTION,
                                         "Completed successfully", previous, ExecutionState.COMPLETED,
                                         {"ExitCode": outcome.exit_code}, now))
-            history.write(db, events)
+            history.write(session, events)
             if job.type != JobType.SERVICE:
                 self._settle_job(session, job, now)
             elif not JobState(job.state).terminal:

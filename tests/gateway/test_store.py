@@ -242,6 +242,34 @@ def counted_statements(engine: Engine, action: Callable[[], Any]) -> tuple[Any, 
         event.remove(engine, "before_cursor_execute", listener)
 
 
+def test_a_transactions_events_go_in_with_one_insert_in_the_order_of_the_changes(store: Store,
+                                                                                 engine: Engine) -> None:
+    def event_inserts(action: Callable[[], Any]) -> tuple[Any, int]:
+        statements: list[str] = []
+
+        def listener(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            statements.append(statement)
+
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            return action(), sum(statement.startswith("INSERT INTO events") for statement in statements)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+
+    here = node(store)
+    jobs, inserts = event_inserts(lambda: store.submit_all([wasm() for _ in range(5)]))
+    assert inserts == 1  # five jobs' submission and queueing events
+    [claimed] = store.claim(here, 1, slots=1)
+    (_, taken), inserts = event_inserts(lambda: store.complete(
+        here.id, claimed.execution.id, RunOutcome(exit_code=0, started=time.time_ns()), published=False, slots=1))
+    assert inserts == 1  # Running, Completed, the job's end, the next execution's claim and its job's start
+    assert [c.execution.job_id for c in (claimed, *taken)] == [jobs[0].id, jobs[1].id]  # a batch's order
+    first = [(e.execution_id, e.new_state) for e in store.history(jobs[0].id)]
+    assert first == [("", "Pending"), (claimed.execution.id, "BidAccepted"), ("", "Running"),
+                     (claimed.execution.id, "Running"), (claimed.execution.id, "Completed"), ("", "Completed")]
+    assert [e.new_state for e in store.history(jobs[1].id)] == ["Pending", "BidAccepted", "Running"]
+
+
 def test_job_versions_a_node_can_never_run_are_passed_over_once(store: Store, engine: Engine) -> None:
     """A node passes over the jobs whose constraints it does not meet one query each, the first time; later claims
     leave them out at once. A new version of such a job, which the node may run, is not left out."""
