@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, inspect
 from sqlmodel import Field, SQLModel
 
 
@@ -220,6 +221,18 @@ class AuditRecord(SQLModel, table=True):
     target: str
     namespace: str = ""
     detail: str = ""
+
+
+R = TypeVar("R", bound=SQLModel)
+
+
+def from_row(model: type[R], values: Mapping[Any, Any]) -> R:
+    """A record (not in any session) holding a row's values, made the way SQLAlchemy makes the records it loads:
+    SQLModel's own constructor sets every field through the ORM's instrumentation, which cost about 30 times as
+    much (some 200 against 7 µs for an execution), three times in every completion that claims."""
+    record: R = inspect(model).class_manager.new_instance()
+    record.__dict__.update(values)
+    return record
 
 
 def _table(model: type[SQLModel]) -> Table:

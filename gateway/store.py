@@ -41,6 +41,7 @@ from gateway.models import (
     NodeConnection,
     NodeMembership,
     NodeRecord,
+    from_row,
 )
 from gateway.placement import Needs, Resources
 from shoal.spec import NODE_BOUND_TYPES, Job, JobType
@@ -479,7 +480,7 @@ class Store:
         found = db.execute(sql.NODE, {"node": node_id}).first()
         if found is None:
             raise Unauthorized("unknown node; register the agent again")
-        return NodeRecord(**found._mapping)
+        return from_row(NodeRecord, found._mapping)
 
     def _heartbeat(self, session: Session, node_id: str, info: NodeInfo | None, running: Sequence[str],
                    free_slots: int, now: int) -> NodeRecord:
@@ -539,11 +540,11 @@ class Store:
             if started:
                 db.execute(sql.START, {"ids": sorted(started), "now": now})
         history.write(session, events)
-        claimed_jobs = {job_id: JobRecord(**dict(job._mapping)) for job_id, job in jobs.items()}
+        claimed_jobs = {job_id: from_row(JobRecord, job._mapping) for job_id, job in jobs.items()}
         for job_id in started:
             job = claimed_jobs[job_id]
             job.state, job.modify_time, job.revision = JobState.RUNNING, now, job.revision + 1
-        return [Claimed(ExecutionRecord(**dict(e._mapping) | {
+        return [Claimed(from_row(ExecutionRecord, dict(e._mapping) | {
             "node_id": node.id, "lease_expires": lease, "compute_state": ExecutionState.BID_ACCEPTED,
             "modify_time": now, "revision": e.revision + 1}), claimed_jobs[e.job_id]) for e, _ in chosen]
 
