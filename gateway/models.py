@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from pydantic_core import PydanticUndefined
 from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, inspect
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
 
 
@@ -235,6 +238,16 @@ def from_row(model: type[R], values: Mapping[Any, Any]) -> R:
     return record
 
 
+def new_record(model: type[R], **values: Any) -> R:
+    """`from_row` for a record not stored yet: the model's defaults, and `values`."""
+    return from_row(model, _defaults(model) | values)
+
+
+@functools.cache
+def _defaults(model: type[SQLModel]) -> dict[str, Any]:
+    return {name: field.default for name, field in model.model_fields.items() if field.default is not PydanticUndefined}
+
+
 def _table(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
@@ -250,3 +263,4 @@ EVENTS = _table(EventRecord)
 LOG_CHUNKS = _table(LogChunkRecord)
 JOB_VERSIONS = _table(JobVersionRecord)
 AUDIT = _table(AuditRecord)
+configure_mappers()  # now, not at the first query: `from_row` makes records without one

@@ -42,6 +42,7 @@ from gateway.models import (
     NodeMembership,
     NodeRecord,
     from_row,
+    new_record,
 )
 from gateway.placement import Needs, Resources
 from shoal.spec import NODE_BOUND_TYPES, Job, JobType
@@ -186,8 +187,8 @@ class Store:
             self._audit_submission(session, actor, existing)
             return existing
         job_id = f"j-{uuid.uuid4()}"
-        record = JobRecord(id=job_id, namespace=job.Namespace, name=job.Name or job_id, type=job.Type,
-                           spec={}, create_time=now, modify_time=now)
+        record = new_record(JobRecord, id=job_id, namespace=job.Namespace, name=job.Name or job_id, type=job.Type,
+                            spec={}, create_time=now, modify_time=now)
         self._set_spec(record, spec | {"Name": record.name})
         # written with SQL Core: the record stays out of the session, and what changes it later writes the same way
         session.execute(sql.INSERT_JOB, [{column.name: getattr(record, column.name) for column in JOBS.columns}])
