@@ -33,8 +33,8 @@ SCAN_LIMIT = 4096  # at most this many per claim (which holds the write lock mea
 ROUNDS = 8  # times a claim chooses again when claims on other replicas took what it chose (PostgreSQL)
 MAX_BUSY = 8  # jobs that do not fit the node's free resources now, after which a claim stops looking
 MAX_SKIPPED = 512  # jobs a claim passes over at most (each costs a query, and widens the next ones)
-NEVER_PER_NODE = 64  # job versions remembered per node as ones it can never run
-NEVER_NODES = 4096  # nodes remembered (each as it is now: labels, engines, capacity...)
+NEVER_PER_NODE = 8192  # job versions remembered per node as ones it can never run
+NEVER_TOTAL = 262_144  # and in all (a few tens of MB at most); the nodes used longest ago are forgotten first
 
 # Statements are SQL Core, built once with bound parameters: building a statement, or the ORM's unit of work, costs
 # more than running it, and a claim runs on every poll that finds work.
@@ -89,6 +89,7 @@ class _Never:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._known: OrderedDict[str, OrderedDict[tuple[str, int], None]] = OrderedDict()
+        self._total = 0
 
     @staticmethod
     def key(node: Node) -> str:
@@ -103,11 +104,14 @@ class _Never:
         with self._lock:
             versions = self._known.setdefault(key, OrderedDict())
             self._known.move_to_end(key)
-            versions[(job_id, version)] = None
-            while len(versions) > NEVER_PER_NODE:
+            if (job_id, version) not in versions:
+                versions[(job_id, version)] = None
+                self._total += 1
+            if len(versions) > NEVER_PER_NODE:
                 versions.popitem(last=False)
-            while len(self._known) > NEVER_NODES:
-                self._known.popitem(last=False)
+                self._total -= 1
+            while self._total > NEVER_TOTAL:
+                self._total -= len(self._known.popitem(last=False)[1])
 
 
 _NEVER = _Never()
@@ -164,9 +168,11 @@ class _Scan:
     def _candidates(self, size: int) -> Iterator[tuple[Row[Any], Needs]]:
         """Waiting executions the node may take and what their jobs need, oldest first, at most SCAN_LIMIT, but
         none of the jobs in `skipped` (which `pick` adds to), of the job versions in `never`, nor the executions in
-        `seen`. They are read a batch at a time (`size` first, as many as the claim wants, then twice as many each
-        time up to BATCH), with the jobs of each batch not read before."""
+        `seen`. They are read `size` at a time (as many as the claim wants, at most BATCH), with the jobs of each
+        batch not read before: an execution the node cannot take ends its job's part of the scan, so reading
+        more of its job's executions at once would only read them to pass over them."""
         waiting, params = _WAITING, {"node": self.node.id, "engines": list(self.node.engines)}
+        size = min(size, BATCH)
         if self.never:
             waiting = waiting.where(tuple_(EXECUTIONS.c.job_id, EXECUTIONS.c.job_version).not_in(self.never))
         after: tuple[int, int, str] | None = None
@@ -182,7 +188,6 @@ class _Scan:
             if not batch:
                 return
             scanned += len(batch)
-            size = min(2 * size, BATCH)
             after = (batch[-1].create_time, batch[-1].partition_index, batch[-1].id)
             if unread := {e.job_id for e in batch} - self.jobs.keys():
                 for job in self.db.execute(_JOBS, {"ids": list(unread)}):
