@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import httpx
 import orjson
 
 from compute_agent.errors import GatewayError, NotRegistered
-from compute_agent.upload import direct, put_file
+from compute_agent.upload import direct, proxy_for, put_file
 
 _BASE = "/api/v1/compute"
 
@@ -31,7 +29,7 @@ class GatewayClient:
 
     def __init__(self, base_urls: str, *, poll_seconds: float) -> None:
         self._urls = [url.strip().rstrip("/") for url in base_urls.split(",") if url.strip()]
-        self._proxies = [_proxy_for(url) for url in self._urls]
+        self._proxies = [proxy_for(httpx.URL(url)) for url in self._urls]
         self._current = 0
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=poll_seconds + 30.0)
         self._session: aiohttp.ClientSession | None = None  # made on first use, on the loop that uses it
@@ -139,10 +137,3 @@ class GatewayClient:
             method, url, content=chunks(), headers=headers | {"Content-Length": str(size)}, timeout=None
         )
         return response.status_code, response.text
-
-
-def _proxy_for(url: str) -> str | None:
-    """The proxy the environment names for `url` (http_proxy, https_proxy, no_proxy), if any."""
-    parts = urllib.parse.urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    return None if proxy is None or urllib.request.proxy_bypass(parts.hostname or "") else proxy

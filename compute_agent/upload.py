@@ -17,10 +17,15 @@ CHUNK = 256 * 1024  # bytes read and sent at a time
 IDLE_SECONDS = 300.0  # without progress, a transfer fails
 
 
+def proxy_for(url: httpx.URL) -> str | None:
+    """The proxy the environment names for `url` (http_proxy, https_proxy, no_proxy), if any."""
+    proxy = urllib.request.getproxies().get(url.scheme)
+    return None if proxy is None or urllib.request.proxy_bypass(url.host) else proxy
+
+
 def direct(url: httpx.URL) -> bool:
     """Whether a PUT to `url` can go straight to its host: plain HTTP and no proxy for it."""
-    return url.scheme == "http" and (
-        "http" not in urllib.request.getproxies() or bool(urllib.request.proxy_bypass(url.host)))
+    return url.scheme == "http" and proxy_for(url) is None
 
 
 def put_file(url: httpx.URL, method: str, headers: dict[str, str], path: Path, size: int) -> tuple[int, str]:
