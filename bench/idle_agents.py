@@ -62,7 +62,7 @@ from scale import (
     within,
 )
 
-from gateway.compute_api import POLL_SPREAD
+from gateway.poll_deadlines import SPREAD as POLL_SPREAD
 
 RSS_GOAL_MIB = 300.0
 LATENCY_FACTOR = 2.0

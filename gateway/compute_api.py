@@ -7,7 +7,6 @@ executions assigned to it.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 from typing import Any
 
@@ -26,10 +25,6 @@ from gateway.store import Claimed, NodeInfo, RunOutcome
 from gateway.uploads_api import with_input_urls
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# An idle poll ends after a random part of the last quarter of its wait: agents that began polling together
-# (started, or back after the gateway restarted) would otherwise come back together, and a job submitted then would
-# wait behind all their heartbeats.
-POLL_SPREAD = 0.25
 
 
 def _node_info(body: dict[str, Any]) -> NodeInfo:
@@ -107,10 +102,10 @@ async def poll(request: Request) -> Response:
     wait = min(float(wait), svc.settings.poll_seconds)
     info = _node_info(body) if "Engines" in body else None
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait * (1 - POLL_SPREAD * random.random())
     limit = free if slots is None else slots
     # registered as waiting before the first look (the heartbeat's transaction): no wake-up in between is missed
-    with svc.work.waiting(node.id, info.engines if info else node.engines) as waiter:
+    with svc.work.waiting(node.id, info.engines if info else node.engines) as waiter, \
+            svc.deadlines.booked(loop.time(), wait) as deadline:
         beat = True
         while True:
             waiter.arm()
@@ -121,9 +116,9 @@ async def poll(request: Request) -> Response:
                 return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Cancel": cancel})
             waiter.found_nothing()
             remaining = deadline - loop.time()
-            if remaining <= 0 or await request.is_disconnected():
+            # a wait that ends without a wake-up brought nothing new for it: its next poll looks first anyway
+            if remaining <= 0 or await request.is_disconnected() or not await waiter.wait(remaining):
                 return Response(status_code=204)
-            await waiter.wait(remaining)
             beat = False
 
 

@@ -31,9 +31,11 @@ class Waiter:
     def took_work(self) -> None:
         self.chain = None
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float) -> bool:
+        """Until woken (True) or `timeout` seconds have passed (False)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.event.wait(), timeout)
+        return self.event.is_set()
 
     def found_nothing(self) -> None:
         """It was woken for new work but could take none of it (a constraint it does not meet, or another poll

@@ -518,8 +518,9 @@ def _compute(paths: dict[str, dict[str, Schema]]) -> None:
     _op(paths, "POST", COMPUTE + "/poll", "Heartbeat, renew leases, and wait for work", "Agent protocol",
         "pollWork", open_route=True, security=_NODE_SECURITY, errors=node_errors,
         description="Answers as soon as an execution can be claimed or a running one should stop, else with 204 "
-                    "after three quarters to all of Wait seconds (a random spread, so that agents that began "
-                    "polling together do not come back together; Wait is at most the gateway's poll period).",
+                    "after a quarter to all of Wait seconds: the gateway spreads the ends of idle polls evenly "
+                    "over time, so that agents that began polling together do not come back together (Wait is at "
+                    "most the gateway's poll period).",
         body=_body({"allOf": [_ref("NodeInfo"), _obj({
             "Running": _strings("IDs of the executions the agent runs"),
             "FreeSlots": _int("How many executions it may take now", minimum=0, maximum=10_000),

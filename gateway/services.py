@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -16,6 +16,7 @@ from gateway.log_store import LogStore
 from gateway.models import NodeRecord
 from gateway.notify import WorkSignal
 from gateway.objectstore import ObjectStore
+from gateway.poll_deadlines import PollDeadlines
 from gateway.settings import Settings
 from gateway.store import Store
 
@@ -32,6 +33,7 @@ class Services:
     new_logs: WorkSignal
     auth: Authenticator
     audit: AuditLog
+    deadlines: PollDeadlines = field(default_factory=PollDeadlines)
 
 
 def services(request: HTTPConnection) -> Services:
