@@ -28,11 +28,14 @@ from gateway.models import (
 from gateway.placement import Needs, Node, Resources, matches, unsuitable
 from gateway.statements import ACTIVE_HERE
 
-BATCH = 256  # waiting executions locked and looked at per query, oldest first
-SCAN_LIMIT = 4096  # at most this many per claim (which holds the write lock meanwhile on SQLite)
+BATCH = 256  # waiting executions looked at per query at most, oldest first
+MIN_BATCH = 4  # and at least
+MAX_BATCHES = 1024  # queries for them per claim at most (most pass over a job the node cannot run)
+JUMP = 2**62  # a partition index past any: where a jump past a job's executions begins
+SCAN_LIMIT = 4096  # at most this many looked at per claim (which holds the write lock meanwhile on SQLite)
 ROUNDS = 8  # times a claim chooses again when claims on other replicas took what it chose (PostgreSQL)
 MAX_BUSY = 8  # jobs that do not fit the node's free resources now, after which a claim stops looking
-MAX_SKIPPED = 512  # jobs a claim passes over at most (each costs a query, and widens the next ones)
+MAX_SKIPPED = 512  # jobs a claim reads and passes over at most
 NEVER_PER_NODE = 8192  # job versions remembered per node as ones it can never run
 NEVER_TOTAL = 262_144  # and in all (a few tens of MB at most); the nodes used longest ago are forgotten first
 
@@ -83,8 +86,8 @@ def choose(db: Connection, node: NodeRecord, limit: int, needs_of: Callable[[dic
 
 class _Never:
     """The job versions each node, as it is now, can never run (a constraint it does not meet, more resources than
-    it has): later claims leave them out of their first query instead of passing over them one query each. Per
-    process; a node whose labels, engines, publishers, sources or capacity change is a new entry."""
+    it has): later claims pass over them without reading their jobs. Per process; a node whose labels, engines,
+    publishers, sources or capacity change is a new entry."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -96,9 +99,9 @@ class _Never:
         return json.dumps([node.id, node.labels, sorted(node.engines), sorted(node.publishers),
                            sorted(node.storage_sources), node.capacity], sort_keys=True, default=str)
 
-    def of(self, key: str) -> list[tuple[str, int]]:
+    def of(self, key: str) -> set[tuple[str, int]]:
         with self._lock:
-            return list(self._known.get(key, ()))
+            return set(self._known.get(key, ()))
 
     def add(self, key: str, job_id: str, version: int) -> None:
         with self._lock:
@@ -131,7 +134,7 @@ class _Scan:
         self.seen: set[str] = set()  # executions taken by this claim, or first by a claim on another replica
         self.jobs: dict[str, tuple[Row[Any], Needs]] = {}  # the jobs read, by ID, and what each needs
         self.key = _Never.key(node)
-        self.never = _NEVER.of(self.key)  # job versions left out of the scan altogether
+        self.never = _NEVER.of(self.key)  # job versions passed over without reading them
         self.busy = 0
         self.done = False
 
@@ -166,35 +169,50 @@ class _Scan:
             self.free = self.free + chosen[execution_id][1].resources
 
     def _candidates(self, size: int) -> Iterator[tuple[Row[Any], Needs]]:
-        """Waiting executions the node may take and what their jobs need, oldest first, at most SCAN_LIMIT, but
+        """Waiting executions the node may take and what their jobs need, in queue order, at most SCAN_LIMIT, but
         none of the jobs in `skipped` (which `pick` adds to), of the job versions in `never`, nor the executions in
-        `seen`. They are read `size` at a time (as many as the claim wants, at most BATCH), with the jobs of each
-        batch not read before: an execution the node cannot take ends its job's part of the scan, so reading
-        more of its job's executions at once would only read them to pass over them."""
-        waiting, params = _WAITING, {"node": self.node.id, "engines": list(self.node.engines)}
+        `seen`. They are read as many at a time as the claim wants (at most BATCH), then, once it passes over some,
+        at least MIN_BATCH at a time (at most MAX_BATCHES times), with the jobs of each batch not read before. A job
+        passed over is jumped: the next batch begins past the executions it created with the one met, in one index
+        seek, however many they are."""
         size = min(size, BATCH)
-        if self.never:
-            waiting = waiting.where(tuple_(EXECUTIONS.c.job_id, EXECUTIONS.c.job_version).not_in(self.never))
-        after: tuple[int, int, str] | None = None
+        after: tuple[int, str, int, str] | None = None
         scanned = 0
-        while scanned < SCAN_LIMIT:
-            query = waiting.where(EXECUTIONS.c.job_id.not_in(self.skipped)) if self.skipped else waiting
-            if self.seen:
-                query = query.where(EXECUTIONS.c.id.not_in(self.seen))
-            if after is not None:
-                query = query.where(tuple_(EXECUTIONS.c.create_time, EXECUTIONS.c.partition_index,
-                                           EXECUTIONS.c.id) > after)
-            batch = self.db.execute(query, params | {"size": size}).all()
+        for _ in range(MAX_BATCHES):
+            batch = self._batch(after, size) if scanned < SCAN_LIMIT else []
             if not batch:
                 return
-            scanned += len(batch)
-            after = (batch[-1].create_time, batch[-1].partition_index, batch[-1].id)
-            if unread := {e.job_id for e in batch} - self.jobs.keys():
+            never, jobs = self.never, self.jobs
+            considered = [e for e in batch if (e.job_id, e.job_version) not in never]
+            scanned += len(considered)
+            if unread := {e.job_id for e in considered} - jobs.keys():
                 for job in self.db.execute(_JOBS, {"ids": list(unread)}):
-                    self.jobs[job.id] = job, self.needs_of(job.spec)
-            for execution in batch:
-                if execution.job_id in self.jobs and execution.job_id not in self.skipped:
-                    yield execution, self.jobs[execution.job_id][1]
+                    jobs[job.id] = job, self.needs_of(job.spec)
+            for execution in considered:
+                if execution.job_id in jobs and execution.job_id not in self.skipped:
+                    yield execution, jobs[execution.job_id][1]
+            last = batch[-1]
+            passed = last.job_id in self.skipped or (last.job_id, last.job_version) in never
+            after = (last.create_time, last.job_id, JUMP, "") if passed else _order(last)
+            size = min(max(size, MIN_BATCH), BATCH)
+
+    def _batch(self, after: tuple[int, str, int, str] | None, size: int) -> list[Row[Any]]:
+        """The first `size` waiting executions after `after`, of any of the node's engines: each engine's are
+        read in the order of the claim's index, and merged."""
+        query = _WAITING if after is None else _WAITING_AFTER
+        if self.seen:
+            query = query.where(EXECUTIONS.c.id.not_in(self.seen))
+        params: dict[str, Any] = {"node": self.node.id, "size": size}
+        if after is not None:
+            params |= dict(zip(("time", "job", "partition", "id"), after, strict=True))
+        rows = [row for engine in sorted(self.node.engines)
+                for row in self.db.execute(query, params | {"engine": engine}).all()]
+        return sorted(rows, key=_order)[:size] if len(self.node.engines) > 1 else rows
+
+
+def _order(execution: Row[Any]) -> tuple[int, str, int, str]:
+    """An execution's place in the queue: oldest first; a job's executions created together, by partition."""
+    return execution.create_time, execution.job_id, execution.partition_index, execution.id
 
 
 def _locked(db: Connection, node_id: str, chosen: dict[str, tuple[Row[Any], Needs]]) -> list[Row[Any]]:
@@ -208,8 +226,10 @@ def _locked(db: Connection, node_id: str, chosen: dict[str, tuple[Row[Any], Need
 
 
 def _waiting() -> Any:
-    """Waiting executions of the node's engines, oldest first, never one of a partition that failed on it (the
-    node's ID and engines are the `node` and `engines` parameters, and at most `size` of them)."""
+    """Waiting executions of one engine of the node, in queue order, never one of a partition that failed on it
+    (the node's ID and the engine are the `node` and `engine` parameters, and at most `size` of them): the
+    index `ix_executions_waiting` has them in that order, so that the executions of other engines are never
+    read, and a claim can jump past a job's executions."""
     prior = EXECUTIONS.alias("prior")
     node_id = bindparam("node", type_=String)
     failed_here = (
@@ -225,17 +245,20 @@ def _waiting() -> Any:
         select(EXECUTIONS)
         .where(
             EXECUTIONS.c.compute_state == ExecutionState.NEW,
+            EXECUTIONS.c.engine == bindparam("engine", type_=String),
             EXECUTIONS.c.desired_state == DesiredState.RUNNING,
-            EXECUTIONS.c.engine.in_(bindparam("engines", expanding=True, type_=String)),
             EXECUTIONS.c.node_id.is_(None) | (EXECUTIONS.c.node_id == node_id),
             ~failed_here,
         )
-        .order_by(EXECUTIONS.c.create_time, EXECUTIONS.c.partition_index, EXECUTIONS.c.id)
+        .order_by(*_QUEUE_ORDER)
         .limit(bindparam("size"))
     )
 
 
+_QUEUE_ORDER = (EXECUTIONS.c.create_time, EXECUTIONS.c.job_id, EXECUTIONS.c.partition_index, EXECUTIONS.c.id)
 _WAITING = _waiting()
+_WAITING_AFTER = _WAITING.where(tuple_(*_QUEUE_ORDER) > tuple_(
+    bindparam("time"), bindparam("job"), bindparam("partition"), bindparam("id")))
 
 
 _OTHERS = select(NODES).where(

@@ -83,7 +83,8 @@ class JobRecord(SQLModel, table=True):
 class ExecutionRecord(SQLModel, table=True):
     __tablename__ = "executions"
     __table_args__ = (
-        Index("ix_executions_claim", "compute_state", "create_time"),
+        # a claim's order (gateway/claim.py): per state and engine, oldest first, a job's partitions together
+        Index("ix_executions_waiting", "compute_state", "engine", "create_time", "job_id", "partition_index", "id"),
         Index("ix_executions_job", "job_id", "partition_index"),
         Index("ix_executions_node", "node_id", "compute_state"),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -48,7 +49,8 @@ from gateway.placement import Needs, Resources
 from shoal.spec import NODE_BOUND_TYPES, Job, JobType
 
 NODE_CREDENTIAL_PREFIX = "shoal_node_"
-NODE_CACHE_SECONDS = 1.0
+NODE_CACHE_SECONDS = 60.0
+NODE_CACHE_SIZE = 100_000  # nodes remembered at most (the oldest is forgotten first)
 OUTPUT_CAP = 2048
 
 
@@ -104,6 +106,7 @@ class Store:
         self.lease_ns = int(lease_seconds * 1e9)
         self.max_attempts = max_attempts
         self._nodes: dict[str, tuple[NodeRecord, float]] = {}  # credential digest: node, until (monotonic)
+        self._remembering = threading.Lock()
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -430,8 +433,9 @@ class Store:
 
     def authenticate_node(self, credential: str) -> NodeRecord:
         """The node a credential belongs to. A node found is remembered for NODE_CACHE_SECONDS, so that an
-        agent's calls in quick succession do not each read it again (a rejected or deleted node's executions
-        fail at once, so it can finish nothing meanwhile)."""
+        agent's calls do not each read it again: what a remembered node may do is checked where it matters, in
+        the calls' own transactions (a poll finds its node's row gone or rejected; a rejected or deleted node's
+        executions fail at once, so it can report on none of them)."""
         node = self.remembered_node(credential)
         if node is not None:
             return node
@@ -440,8 +444,19 @@ class Store:
             found = session.exec(select(NodeRecord).where(col(NodeRecord.credential_sha256) == digest)).first()
         if found is None:
             raise Unauthorized("unknown node credential; register the agent again")
-        self._nodes[digest] = (found, time.monotonic() + NODE_CACHE_SECONDS)
+        self._remember(found)
         return _admitted(found)
+
+    def _remember(self, node: NodeRecord) -> None:
+        with self._remembering:
+            self._nodes.pop(node.credential_sha256, None)  # to the end: the oldest come first
+            self._nodes[node.credential_sha256] = (node, time.monotonic() + NODE_CACHE_SECONDS)
+            if len(self._nodes) > NODE_CACHE_SIZE:
+                del self._nodes[next(iter(self._nodes))]
+
+    def _forget(self, node: NodeRecord) -> None:
+        with self._remembering:
+            self._nodes.pop(node.credential_sha256, None)
 
     def remembered_node(self, credential: str) -> NodeRecord | None:
         """`authenticate_node` without the database: the node if it is remembered, else None."""
@@ -473,7 +488,9 @@ class Store:
             if not beat:  # woken while it waited: the agent may have started executions since (a completion brings
                 # them), which `running` does not name; the heartbeat has ended those it does not run otherwise
                 cancel = sorted({*cancel, *db.execute(sql.TO_STOP_HERE, {"node": node_id}).scalars()})
-            return node, cancel, self._claim(session, node, limit, slots)
+            claimed = self._claim(session, node, limit, slots)
+        self._remember(node)  # as it is now: an agent's next calls need not read it
+        return node, cancel, claimed
 
     @staticmethod
     def _locked_node(db: Session | Connection, node_id: str) -> NodeRecord:
@@ -481,7 +498,7 @@ class Store:
         found = db.execute(sql.NODE, {"node": node_id}).first()
         if found is None:
             raise Unauthorized("unknown node; register the agent again")
-        return from_row(NodeRecord, found._mapping)
+        return _admitted(from_row(NodeRecord, found._mapping))
 
     def _heartbeat(self, session: Session, node_id: str, info: NodeInfo | None, running: Sequence[str],
                    free_slots: int, now: int) -> NodeRecord:
@@ -841,7 +858,7 @@ class Store:
                 raise NotFound(f"node not found: {ref}")
             node.membership = membership
             session.add(node)
-            self._nodes.pop(node.credential_sha256, None)
+            self._forget(node)
             self._place_daemons(session, node, now)
             rescheduled = 0
             if membership == NodeMembership.REJECTED:
@@ -857,7 +874,7 @@ class Store:
                 raise NotFound(f"node not found: {ref}")
             rescheduled = self._fail_node_executions(session, node.id, f"node {node.id} has been deleted", now_ns())
             session.delete(node)
-            self._nodes.pop(node.credential_sha256, None)
+            self._forget(node)
         return rescheduled
 
     def stopped_among(self, node_id: str, running: Sequence[str]) -> list[str]:

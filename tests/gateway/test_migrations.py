@@ -35,6 +35,7 @@ from tests.conftest import postgres_server, shoal_command, wait_for
 from tests.postgres import PostgresServer
 
 MODEL_TABLES = set(SQLModel.metadata.tables)
+HEAD = "0002"  # this release's revision
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_upgrade_from_empty_creates_every_table_the_models_define(url: str, engi
     before, after = upgrade_schema(engine)
 
     assert (before.state, after.state) == ("empty", "current")
-    assert after.current == after.head == ("0001",)
+    assert after.current == after.head == (HEAD,)
     assert tables_and_columns(engine) == model_tables_and_columns() | {"alembic_version": {"version_num"}}
 
 
@@ -141,11 +142,14 @@ def test_a_database_with_only_other_tables_counts_as_empty(url: str, engines: li
 def make_unversioned(engine: Engine, how: str) -> None:
     """Shoal's tables without a revision: made by create_all (releases before migrations), or a migrated
     database stamped back to base."""
-    if how == "create_all":
+    if how == "create_all":  # as the models were then: the claim's index was the first revision's
         SQLModel.metadata.create_all(engine)
+        with engine.begin() as connection:
+            connection.execute(text("DROP INDEX ix_executions_waiting"))
+            connection.execute(text("CREATE INDEX ix_executions_claim ON executions (compute_state, create_time)"))
     else:
         with db.migration_lock(engine) as connection:
-            command.upgrade(alembic_config(connection), "head")
+            command.upgrade(alembic_config(connection), db.BASELINE)
             command.stamp(alembic_config(connection), "base")
     with Session(engine) as session:
         session.add(JobRecord(id="j-1", namespace="default", name="kept", type="batch", spec={"Type": "batch"},
@@ -169,8 +173,8 @@ def test_an_unversioned_database_is_refused_until_shoal_db_upgrade(url: str, how
     assert run_shoal("db", "current", "--database-url", url, data_dir=tmp_path).stdout.strip() == "none"
     upgraded = run_shoal("db", "upgrade", "--database-url", url, data_dir=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "to 0001 (head)" in upgraded.stdout
-    assert run_shoal("db", "current", "--database-url", url, data_dir=tmp_path).stdout.strip() == "0001 (head)"
+    assert f"to {HEAD} (head)" in upgraded.stdout
+    assert run_shoal("db", "current", "--database-url", url, data_dir=tmp_path).stdout.strip() == f"{HEAD} (head)"
 
     engine = open_engine(engines, url)
     assert current_status(engine).state == "current"
@@ -193,11 +197,11 @@ def test_shoal_db_upgrade_refuses_tables_that_are_not_shoals_first_schema(url: s
 
 @pytest.fixture
 def second_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The gateway's migrations plus a test-only revision 0002, as if a newer release were installed."""
+    """The gateway's migrations plus a test-only revision 9000, as if a newer release were installed."""
     scripts = tmp_path / "migrations"
     shutil.copytree(db.MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_probe.py").write_text(
-        'import sqlalchemy as sa\nfrom alembic import op\n\nrevision = "0002"\ndown_revision = "0001"\n'
+    (scripts / "versions" / "9000_probe.py").write_text(
+        f'import sqlalchemy as sa\nfrom alembic import op\n\nrevision = "9000"\ndown_revision = "{HEAD}"\n'
         "branch_labels = None\ndepends_on = None\n\n\ndef upgrade() -> None:\n"
         '    op.create_table("probe", sa.Column("id", sa.Integer(), primary_key=True))\n')
     caches = (db._scripts, db._heads, db._known_revisions)
@@ -214,17 +218,17 @@ def test_a_database_at_an_older_revision_is_refused_until_upgraded(url: str, eng
                                                                    second_revision: None) -> None:
     plain = open_engine(engines, url, migrate=False)
     with db.migration_lock(plain) as connection:
-        command.upgrade(alembic_config(connection), "0001")
-    assert (current_status(plain).current, current_status(plain).state) == (("0001",), "outdated")
+        command.upgrade(alembic_config(connection), HEAD)
+    assert (current_status(plain).current, current_status(plain).state) == ((HEAD,), "outdated")
 
     with pytest.raises(ConfigurationError) as refused:
         make_engine(url)
-    assert "is at schema revision 0001; this gateway needs 0002: run: shoal db upgrade" in refused.value.message
+    assert f"is at schema revision {HEAD}; this gateway needs 9000: run: shoal db upgrade" in refused.value.message
     assert "probe" not in inspect(plain).get_table_names()
 
     before, after = upgrade_schema(plain)
 
-    assert (before.current, after.current, after.state) == (("0001",), ("0002",), "current")
+    assert (before.current, after.current, after.state) == ((HEAD,), ("9000",), "current")
     assert "probe" in inspect(plain).get_table_names()
     assert current_status(open_engine(engines, url)).state == "current"
 
@@ -296,7 +300,8 @@ def test_sqlite_migrations_run_in_one_begin_immediate_transaction(tmp_path: Path
     ddl = [i for i, statement in enumerate(statements) if statement.startswith("CREATE")]
     begins = [i for i, statement in enumerate(statements) if statement.startswith("BEGIN")]
     indexes = sum(len(table.indexes) for table in SQLModel.metadata.tables.values())
-    assert len(ddl) == len(MODEL_TABLES) + 1 + indexes, statements  # the tables, alembic_version, the indexes
+    # the tables, alembic_version, the indexes, and the first revision's claim index (which the second replaces)
+    assert len(ddl) == len(MODEL_TABLES) + 1 + indexes + 1, statements
     assert [statements[i] for i in begins if i < ddl[-1]] == ["BEGIN IMMEDIATE"], statements
     assert begins[0] < ddl[0]
 
@@ -337,7 +342,7 @@ def assert_both_started(starts: list[subprocess.Popen[str]]) -> None:
     for process in starts:
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err
-        assert out.splitlines()[-1] == "0001 (head)"
+        assert out.splitlines()[-1] == f"{HEAD} (head)"
 
 
 def test_replicas_starting_together_on_an_empty_postgres_database(postgres: PostgresServer,
@@ -366,5 +371,5 @@ def test_replicas_starting_together_on_an_empty_postgres_database(postgres: Post
     engine = open_engine(engines, url, migrate=False)
     assert current_status(engine).state == "current"
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [HEAD]
     assert schema_differences(engine) == []

@@ -16,8 +16,8 @@ from sqlmodel import Session, col, select
 from compute_agent.inputs import STORAGE_SOURCES
 from gateway import history
 from gateway.db import make_engine
-from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
-from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobState, NodeConnection
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobState, NodeConnection, NodeMembership
 from gateway.store import NodeInfo, RunOutcome, Store
 from shoal.selector import parse_selector
 from shoal.spec import parse_job
@@ -230,15 +230,16 @@ def test_a_claim_passes_over_what_another_claim_holds_and_takes_each_execution_o
     assert second.id not in got and first.id in got
 
 
-def counted_statements(engine: Engine, action: Callable[[], Any]) -> tuple[Any, int]:
-    statements: list[str] = []
+def executed(engine: Engine, action: Callable[[], Any]) -> tuple[Any, list[tuple[str, Any]]]:
+    """What `action` returns, and the statements it ran, each with its parameters."""
+    statements: list[tuple[str, Any]] = []
 
-    def listener(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
+    def listener(_connection: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", listener)
     try:
-        return action(), len(statements)
+        return action(), statements
     finally:
         event.remove(engine, "before_cursor_execute", listener)
 
@@ -246,16 +247,8 @@ def counted_statements(engine: Engine, action: Callable[[], Any]) -> tuple[Any, 
 def test_a_transactions_events_go_in_with_one_insert_in_the_order_of_the_changes(store: Store,
                                                                                  engine: Engine) -> None:
     def event_inserts(action: Callable[[], Any]) -> tuple[Any, int]:
-        statements: list[str] = []
-
-        def listener(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            statements.append(statement)
-
-        event.listen(engine, "before_cursor_execute", listener)
-        try:
-            return action(), sum(statement.startswith("INSERT INTO events") for statement in statements)
-        finally:
-            event.remove(engine, "before_cursor_execute", listener)
+        result, statements = executed(engine, action)
+        return result, sum(statement.startswith("INSERT INTO events") for statement, _ in statements)
 
     here = node(store)
     jobs, inserts = event_inserts(lambda: store.submit_all([wasm() for _ in range(5)]))
@@ -271,20 +264,27 @@ def test_a_transactions_events_go_in_with_one_insert_in_the_order_of_the_changes
     assert [e.new_state for e in store.history(jobs[1].id)] == ["Pending", "BidAccepted", "Running"]
 
 
+def jobs_read(engine: Engine, action: Callable[[], Any]) -> tuple[Any, int]:
+    """What `action` returns, and how many jobs (whole rows, with their specs) its statements read by ID."""
+    result, statements = executed(engine, action)
+    return result, sum(len(parameters) for statement, parameters in statements
+                       if statement.startswith("SELECT jobs.id, jobs.namespace") and "WHERE jobs.id IN" in statement)
+
+
 def test_job_versions_a_node_can_never_run_are_passed_over_once(store: Store, engine: Engine) -> None:
-    """A node passes over the jobs whose constraints it does not meet one query each, the first time; later claims
-    leave them out at once. A new version of such a job, which the node may run, is not left out."""
+    """A node reads the jobs whose constraints it does not meet the first time it passes over them; later claims
+    pass over them without reading them. A new version of such a job, which the node may run, is not passed over."""
     here = node(store)
     for _ in range(20):
         store.submit(constrained(1))
     named = wasm(name="moves").wire() | {"Constraints": [{"Key": "site", "Operator": "=", "Values": ["elsewhere"]}]}
     store.submit(parse_job(named)[0])
     store.submit(wasm())
-    first, looked_first = counted_statements(engine, lambda: store.claim(here, 1))
+    first, read_first = jobs_read(engine, lambda: store.claim(here, 1))
     store.submit(wasm())
-    second, looked_second = counted_statements(engine, lambda: store.claim(here, 1))
+    second, read_second = jobs_read(engine, lambda: store.claim(here, 1))
     assert len(first) == len(second) == 1
-    assert looked_second < 12 < looked_first, (looked_first, looked_second)
+    assert (read_first, read_second) == (22, 1)  # the 21 it can never run and the one it takes; then that one
     moved = store.submit(parse_job(wasm(name="moves").wire())[0])  # version 2: no constraint
     assert moved.version == 2
     assert [c.execution.job_id for c in store.claim(here, 1)] == [moved.id]
@@ -300,9 +300,9 @@ def test_a_busy_node_stops_looking_through_a_backlog_it_has_no_room_for(store: S
         spec["Tasks"][0]["Resources"] = {"CPU": "1"}
         store.submit(parse_job(spec)[0])
     assert len(store.claim(here, 1)) == 1  # the node's one CPU is taken now
-    got, looked = counted_statements(engine, lambda: store.claim(here, 1))
+    got, statements = executed(engine, lambda: store.claim(here, 1))
     assert got == []
-    assert looked < 40, looked
+    assert len(statements) < 40, len(statements)
 
 
 def complete_together(store: Store, node_id: str, execution_id: str, start: threading.Barrier) -> None:
@@ -768,3 +768,46 @@ def test_a_completion_that_carries_the_start_time_records_running_at_that_time(s
         (ExecutionState.NEW, ExecutionState.BID_ACCEPTED), (ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING),
         (ExecutionState.RUNNING, ExecutionState.COMPLETED)]
     assert events[1].time == started
+
+
+def test_a_node_remembered_by_one_gateway_and_rejected_or_deleted_by_another_polls_no_more(engine: Engine) -> None:
+    """A gateway remembers the nodes that call it, so their calls need not read them again; what a remembered
+    node may do is checked in its poll's own transaction, so a change made by another replica counts at once."""
+    here, there = (Store(engine, lease_seconds=60, max_attempts=3) for _ in range(2))
+    rejected, rejected_credential = here.register_node(NodeInfo(engines=["wasm"]))
+    deleted, deleted_credential = here.register_node(NodeInfo(engines=["wasm"]))
+    for node_id, credential in ((rejected.id, rejected_credential), (deleted.id, deleted_credential)):
+        assert here.authenticate_node(credential).id == node_id
+        here.poll(node_id, [], limit=1)
+    there.set_membership(rejected.id, NodeMembership.REJECTED)
+    there.delete_node(deleted.id)
+    assert here.remembered_node(rejected_credential) is not None  # what the other replica did is not known here
+    with pytest.raises(Forbidden, match="rejected"):
+        here.poll(rejected.id, [], limit=1)
+    with pytest.raises(Unauthorized, match="unknown node"):
+        here.poll(deleted.id, [], limit=1)
+
+
+def test_a_node_of_several_engines_takes_their_executions_in_queue_order(store: Store) -> None:
+    """Each engine's waiting executions are read in the order of the claim's index and merged."""
+    here = node(store, "docker", "wasm")
+    jobs = [store.submit(make()).id for make in (docker, wasm, docker, wasm, wasm)]
+    assert [c.execution.job_id for c in store.claim(here, 2)] == jobs[:2]
+    assert [store.claim(here, 1)[0].execution.job_id for _ in range(3)] == jobs[2:]
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="SQLite's query plan")
+def test_a_claim_reads_only_its_engines_executions_through_the_claims_index(store: Store, engine: Engine) -> None:
+    """Executions of other engines waiting ahead are never read: the claim's query seeks its engine's in the index
+    (with 100,000 Docker executions ahead, a WASM node's claim took 19 ms instead of 1)."""
+    store.submit(docker(count=50))
+    wanted = store.submit(wasm())
+    here = node(store, "wasm")
+    got, statements = executed(engine, lambda: store.claim(here, 1))
+    assert [c.execution.job_id for c in got] == [wanted.id]
+    with engine.connect() as connection:
+        plans = [row[3] for statement, parameters in statements
+                 if "FROM executions" in statement and "ORDER BY executions.create_time" in statement
+                 for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+    assert plans and plans[0].startswith("SEARCH executions USING INDEX ix_executions_waiting (compute_state=? AND "
+                                         "engine=?)"), plans
