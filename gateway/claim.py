@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Row, String, bindparam, exists, select, tuple
 
 from gateway.models import (
     EXECUTIONS,
+    JOB_SPEC,
     JOBS,
     NODES,
     DesiredState,
@@ -42,7 +43,7 @@ NEVER_TOTAL = 262_144  # and in all (a few tens of MB at most); the nodes used l
 # Statements are SQL Core, built once with bound parameters: building a statement, or the ORM's unit of work, costs
 # more than running it, and a claim runs on every poll that finds work.
 _USED = select(EXECUTIONS.c.cpu, EXECUTIONS.c.memory, EXECUTIONS.c.disk, EXECUTIONS.c.gpu).where(*ACTIVE_HERE)
-_JOBS = select(JOBS).where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
+_JOBS = select(JOBS, JOB_SPEC).where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
 _STILL_WAITING = select(EXECUTIONS.c.id).where(
     EXECUTIONS.c.id.in_(bindparam("ids", expanding=True)),
     EXECUTIONS.c.compute_state == ExecutionState.NEW,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic_core import PydanticUndefined
-from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, inspect
-from sqlalchemy.orm import configure_mappers
+from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, inspect, select
+from sqlalchemy.orm import column_property, configure_mappers
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Field, SQLModel
 
 
@@ -61,6 +62,10 @@ class NodeConnection(StrEnum):
 
 
 class JobRecord(SQLModel, table=True):
+    """A job as it is now. Its spec is its current version's (`JobVersionRecord`), read along with the job
+    (`JOB_SPEC`) and set with `set_spec`: the spec (a module sent inline makes it tens of KB) is stored once, and the
+    job's row, which every change of its state rewrites, stays small."""
+
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_namespace_name", "namespace", "name"),)
 
@@ -75,9 +80,10 @@ class JobRecord(SQLModel, table=True):
     count: int = 1
     queue_timeout: int = 0
     total_timeout: int = 0
-    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     create_time: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     modify_time: int = Field(sa_column=Column(BigInteger, nullable=False))
+    if TYPE_CHECKING:
+        spec: dict[str, Any]  # mapped below, from job_versions
 
 
 class ExecutionRecord(SQLModel, table=True):
@@ -239,6 +245,12 @@ def from_row(model: type[R], values: Mapping[Any, Any]) -> R:
     return record
 
 
+def set_spec(job: JobRecord, spec: dict[str, Any]) -> None:
+    """The job's spec as its new version's (which the caller stores): a mapped value, not a column, set as if
+    loaded."""
+    set_committed_value(job, "spec", spec)
+
+
 def new_record(model: type[R], **values: Any) -> R:
     """`from_row` for a record not stored yet: the model's defaults, and `values`."""
     return from_row(model, _defaults(model) | values)
@@ -264,4 +276,10 @@ EVENTS = _table(EventRecord)
 LOG_CHUNKS = _table(LogChunkRecord)
 JOB_VERSIONS = _table(JobVersionRecord)
 AUDIT = _table(AuditRecord)
+
+# A job's spec: its current version's, selected along with the job's columns wherever a job is read
+JOB_SPEC = (select(JOB_VERSIONS.c.spec)
+            .where(JOB_VERSIONS.c.job_id == JOBS.c.id, JOB_VERSIONS.c.version == JOBS.c.version)
+            .correlate_except(JOB_VERSIONS).scalar_subquery().label("spec"))
+JobRecord.__mapper__.add_property("spec", column_property(JOB_SPEC, expire_on_flush=False))  # type: ignore[attr-defined]
 configure_mappers()  # now, not at the first query: `from_row` makes records without one

@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
     EXECUTIONS,
+    JOB_SPEC,
     JOB_VERSIONS,
     JOBS,
     NODES,
@@ -35,7 +36,7 @@ def new(values: dict[str, Any]) -> dict[str, Any]:
 
 # rows read and locked (FOR UPDATE on PostgreSQL; SQLite's transaction holds the write lock already)
 NODE = select(NODES).where(NODES.c.id == bindparam("node")).with_for_update()
-JOB_OF = select(JOBS).where(JOBS.c.id == select(EXECUTIONS.c.job_id).where(
+JOB_OF = select(JOBS, JOB_SPEC).where(JOBS.c.id == select(EXECUTIONS.c.job_id).where(
     EXECUTIONS.c.id == bindparam("execution")).scalar_subquery()).with_for_update()  # an execution's job
 EXECUTION = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("execution")).with_for_update()
 INSERT_JOB = insert(JOBS)

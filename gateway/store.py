@@ -44,6 +44,7 @@ from gateway.models import (
     NodeRecord,
     from_row,
     new_record,
+    set_spec,
 )
 from gateway.placement import Needs, Resources
 from shoal.spec import NODE_BOUND_TYPES, Job, JobType
@@ -191,7 +192,7 @@ class Store:
             return existing
         job_id = f"j-{uuid.uuid4()}"
         record = new_record(JobRecord, id=job_id, namespace=job.Namespace, name=job.Name or job_id, type=job.Type,
-                            spec={}, create_time=now, modify_time=now)
+                            create_time=now, modify_time=now)
         self._set_spec(record, spec | {"Name": record.name})
         # written with SQL Core: the record stays out of the session, and what changes it later writes the same way
         session.execute(sql.INSERT_JOB, [{column.name: getattr(record, column.name) for column in JOBS.columns}])
@@ -230,7 +231,7 @@ class Store:
     def _set_spec(self, job: JobRecord, spec: dict[str, Any]) -> None:
         task = spec["Tasks"][0]
         timeouts = task.get("Timeouts") or {}
-        job.spec = spec
+        set_spec(job, spec)
         job.count = int(spec.get("Count") or 0)
         job.queue_timeout = int(timeouts.get("QueueTimeout") or self.default_queue_timeout)
         job.total_timeout = int(timeouts.get("TotalTimeout") or 0)

@@ -35,7 +35,7 @@ from tests.conftest import postgres_server, shoal_command, wait_for
 from tests.postgres import PostgresServer
 
 MODEL_TABLES = set(SQLModel.metadata.tables)
-HEAD = "0002"  # this release's revision
+HEAD = "0003"  # this release's revision
 
 
 @pytest.fixture(scope="module")
@@ -142,19 +142,21 @@ def test_a_database_with_only_other_tables_counts_as_empty(url: str, engines: li
 def make_unversioned(engine: Engine, how: str) -> None:
     """Shoal's tables without a revision: made by create_all (releases before migrations), or a migrated
     database stamped back to base."""
-    if how == "create_all":  # as the models were then: the claim's index was the first revision's
+    if how == "create_all":  # as the models were then: the claim's index, and a job's spec in its row too
         SQLModel.metadata.create_all(engine)
         with engine.begin() as connection:
             connection.execute(text("DROP INDEX ix_executions_waiting"))
             connection.execute(text("CREATE INDEX ix_executions_claim ON executions (compute_state, create_time)"))
+            connection.execute(text("ALTER TABLE jobs ADD COLUMN spec JSON NOT NULL DEFAULT '{}'"))
     else:
         with db.migration_lock(engine) as connection:
             command.upgrade(alembic_config(connection), db.BASELINE)
             command.stamp(alembic_config(connection), "base")
-    with Session(engine) as session:
-        session.add(JobRecord(id="j-1", namespace="default", name="kept", type="batch", spec={"Type": "batch"},
-                              create_time=1, modify_time=1))
-        session.commit()
+    with engine.begin() as connection:  # a job whose spec is only in its row (the upgrade keeps it in job_versions)
+        connection.execute(text(
+            "INSERT INTO jobs (id, namespace, name, type, state, state_message, version, revision, count, "
+            "queue_timeout, total_timeout, spec, create_time, modify_time) VALUES ('j-1', 'default', 'kept', "
+            "'batch', 'Pending', '', 1, 1, 1, 0, 0, '{\"Type\": \"batch\"}', 1, 1)"))
 
 
 @pytest.mark.parametrize("how", ["create_all", "stamped_base"])
@@ -180,7 +182,8 @@ def test_an_unversioned_database_is_refused_until_shoal_db_upgrade(url: str, how
     assert current_status(engine).state == "current"
     assert schema_differences(engine) == []
     with Session(engine) as session:
-        assert session.get(JobRecord, "j-1") is not None  # the data stayed
+        kept = session.get(JobRecord, "j-1")
+        assert kept is not None and kept.spec == {"Type": "batch"}  # the data stayed
 
 
 def test_shoal_db_upgrade_refuses_tables_that_are_not_shoals_first_schema(url: str, tmp_path: Path,
