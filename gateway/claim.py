@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, String, bindparam, exists, select, tuple_
 
+from gateway import direct
 from gateway.models import (
     EXECUTIONS,
     JOB_SPEC,
@@ -66,7 +67,7 @@ def choose(db: Connection, node: NodeRecord, limit: int, needs_of: Callable[[dic
     however its completions and polls interleave."""
     if limit <= 0 or node.membership != NodeMembership.APPROVED or not node.engines:
         return []
-    used = db.execute(_USED, {"node": node.id}).all()
+    used = direct.run(db, _USED, {"node": node.id})
     if slots is not None:
         limit = min(limit, slots - len(used))
         if limit <= 0:
@@ -187,7 +188,7 @@ class _Scan:
             considered = [e for e in batch if (e.job_id, e.job_version) not in never]
             scanned += len(considered)
             if unread := {e.job_id for e in considered} - jobs.keys():
-                for job in self.db.execute(_JOBS, {"ids": list(unread)}):
+                for job in direct.run(self.db, _JOBS, {"ids": list(unread)}):
                     jobs[job.id] = job, self.needs_of(job.spec)
             for execution in considered:
                 if execution.job_id in jobs and execution.job_id not in self.skipped:
@@ -201,13 +202,16 @@ class _Scan:
         """The first `size` waiting executions after `after`, of any of the node's engines: each engine's are
         read in the order of the claim's index, and merged."""
         query = _WAITING if after is None else _WAITING_AFTER
-        if self.seen:
-            query = query.where(EXECUTIONS.c.id.not_in(self.seen))
         params: dict[str, Any] = {"node": self.node.id, "size": size}
         if after is not None:
             params |= dict(zip(("time", "job", "partition", "id"), after, strict=True))
-        rows = [row for engine in sorted(self.node.engines)
-                for row in self.db.execute(query, params | {"engine": engine}).all()]
+        if self.seen:  # a statement of its own (PostgreSQL, when claims elsewhere took what this one chose)
+            query = query.where(EXECUTIONS.c.id.not_in(self.seen))
+            rows = [row for engine in sorted(self.node.engines)
+                    for row in self.db.execute(query, params | {"engine": engine}).all()]
+        else:
+            rows = [row for engine in sorted(self.node.engines)
+                    for row in direct.run(self.db, query, params | {"engine": engine})]
         return sorted(rows, key=_order)[:size] if len(self.node.engines) > 1 else rows
 
 
@@ -222,7 +226,7 @@ def _locked(db: Connection, node_id: str, chosen: dict[str, tuple[Row[Any], Need
     others work it does not take."""
     if not chosen:
         return []
-    ids = set(db.execute(_STILL_WAITING, {"ids": list(chosen), "node": node_id}).scalars())
+    ids = set(direct.run(db, _STILL_WAITING, {"ids": list(chosen), "node": node_id}).scalars())
     return [execution for execution, _ in chosen.values() if execution.id in ids]
 
 
@@ -274,6 +278,6 @@ def _preferred_elsewhere(db: Connection, node: Node, needs: Needs) -> bool:
     """Whether another connected node that meets the job's preferences has a free slot for it."""
     return any(
         all(matches(p, other.labels) for p in needs.preferences)
-        and not unsuitable(other, needs, _free(other, db.execute(_USED, {"node": other.id}).all()))
-        for other in db.execute(_OTHERS, {"node": node.id})
+        and not unsuitable(other, needs, _free(other, direct.run(db, _USED, {"node": other.id})))
+        for other in direct.run(db, _OTHERS, {"node": node.id})
     )

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, Row, func
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
-from gateway import audit, claim, history, placement
+from gateway import audit, claim, direct, history, placement
 from gateway import statements as sql
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
@@ -488,7 +488,7 @@ class Store:
             cancel = self._stopped_among(db, node_id, running)
             if not beat:  # woken while it waited: the agent may have started executions since (a completion brings
                 # them), which `running` does not name; the heartbeat has ended those it does not run otherwise
-                cancel = sorted({*cancel, *db.execute(sql.TO_STOP_HERE, {"node": node_id}).scalars()})
+                cancel = sorted({*cancel, *direct.run(db, sql.TO_STOP_HERE, {"node": node_id}).scalars()})
             claimed = self._claim(session, node, limit, slots)
         self._remember(node)  # as it is now: an agent's next calls need not read it
         return node, cancel, claimed
@@ -496,7 +496,7 @@ class Store:
     @staticmethod
     def _locked_node(db: Session | Connection, node_id: str) -> NodeRecord:
         """The node's row, locked: its claims take turns on it."""
-        found = db.execute(sql.NODE, {"node": node_id}).first()
+        found = direct.run(db, sql.NODE, {"node": node_id}).first()
         if found is None:
             raise Unauthorized("unknown node; register the agent again")
         return _admitted(from_row(NodeRecord, found._mapping))
@@ -509,13 +509,13 @@ class Store:
         node.last_heartbeat, node.connection, node.free_slots = now, NodeConnection.CONNECTED, free_slots
         if info is not None:
             _apply_info(node, info)
-        db.execute(sql.BEAT, {"node": node_id} | sql.new({name: getattr(node, name) for name in sql.BEAT_COLUMNS}))
+        direct.run(db, sql.BEAT, {"node": node_id} | sql.new({name: getattr(node, name) for name in sql.BEAT_COLUMNS}))
         if returned:
             self._place_daemons(session, node, now)
         if running:
-            db.execute(sql.RENEW, {"ids": list(running), "node": node_id, "lease": now + self.lease_ns})
+            direct.run(db, sql.RENEW, {"ids": list(running), "node": node_id, "lease": now + self.lease_ns})
         # executions it was told to stop and no longer runs have stopped
-        if stopped := db.execute(sql.STOPPED_HERE, {"running": list(running), "node": node_id}).scalars().all():
+        if stopped := direct.run(db, sql.STOPPED_HERE, {"running": list(running), "node": node_id}).scalars().all():
             for execution in self._lock_executions(session, select(ExecutionRecord).where(
                     col(ExecutionRecord.id).in_(stopped), col(ExecutionRecord.node_id) == node_id,
                     col(ExecutionRecord.compute_state).in_(ACTIVE_EXECUTION_STATES),
@@ -545,19 +545,19 @@ class Store:
             return []
         now = now_ns()  # once the claim holds its locks: leases count from here
         lease = now + self.lease_ns
-        db.execute(sql.CLAIM, {"ids": [e.id for e, _ in chosen], "claimer": node.id, "lease": lease, "now": now})
+        direct.run(db, sql.CLAIM, {"ids": [e.id for e, _ in chosen], "claimer": node.id, "lease": lease, "now": now})
         events = [history.event(e.job_id, e.job_version, e.id, Topic.SCHEDULING, f"Requested execution on {node.id}",
                                 ExecutionState.NEW, ExecutionState.BID_ACCEPTED, None, now) for e, _ in chosen]
         jobs = {job.id: job for _, job in chosen}
         started: set[str] = set()
         if starting := sorted(job.id for job in jobs.values() if job.state in sql.WAITING_JOB):
             # a job locked elsewhere is being stopped, or started by another claim: it needs nothing from this one
-            for job_id, version, state in db.execute(sql.STARTING, {"ids": starting}):
+            for job_id, version, state in direct.run(db, sql.STARTING, {"ids": starting}):
                 events.append(history.event(job_id, version, "", Topic.STATE_UPDATE, "Running", state,
                                             JobState.RUNNING, None, now))
                 started.add(job_id)
             if started:
-                db.execute(sql.START, {"ids": sorted(started), "now": now})
+                direct.run(db, sql.START, {"ids": sorted(started), "now": now})
         history.write(session, events)
         claimed_jobs = {job_id: from_row(JobRecord, job._mapping) for job_id, job in jobs.items()}
         for job_id in started:
@@ -600,8 +600,8 @@ class Store:
         """An execution its agent ends, and its job (their rows), both locked (the job first). The ends of one job's
         executions take turns on its row: each then sees the others', so the last partition to complete always ends
         the job."""
-        job = db.execute(sql.JOB_OF, {"execution": execution_id}).first()
-        execution = _checked_assignment(db.execute(sql.EXECUTION, {"execution": execution_id}).first(), node_id,
+        job = direct.run(db, sql.JOB_OF, {"execution": execution_id}).first()
+        execution = _checked_assignment(direct.run(db, sql.EXECUTION, {"execution": execution_id}).first(), node_id,
                                         execution_id)
         if job is None:
             raise NotFound(f"execution {execution_id} has no job")
@@ -637,7 +637,7 @@ class Store:
                 previous, revision = ExecutionState.RUNNING, revision + 1
             stdout, stdout_truncated = _capped(outcome.stdout, outcome.stdout_truncated)
             stderr, stderr_truncated = _capped(outcome.stderr, outcome.stderr_truncated)
-            db.execute(sql.COMPLETE, {"execution": execution_id} | sql.new({
+            direct.run(db, sql.COMPLETE, {"execution": execution_id} | sql.new({
                 "compute_state": ExecutionState.COMPLETED, "state_message": "Completed successfully",
                 "exit_code": outcome.exit_code, "stdout": stdout, "stdout_truncated": stdout_truncated,
                 "stderr": stderr, "stderr_truncated": stderr_truncated,
@@ -713,7 +713,7 @@ class Store:
             return
         if job.type != JobType.BATCH:
             return  # daemon and service jobs run until they are stopped
-        done = session.execute(sql.DONE_PARTITIONS, {"job": job.id, "version": job.version}).scalar_one()
+        done = direct.run(session, sql.DONE_PARTITIONS, {"job": job.id, "version": job.version}).scalar_one()
         if done >= job.count:
             self._end_job(session, job, JobState.COMPLETED, "", now)
 
@@ -731,7 +731,7 @@ class Store:
         self._stop_executions(session, job.id, why, now)
 
     def _stop_executions(self, session: Session, job_id: str, why: str, now: int) -> None:
-        if not session.execute(sql.UNFINISHED, {"job": job_id}).first():  # as a job ends, often none: a cheap look
+        if not direct.run(session, sql.UNFINISHED, {"job": job_id}).first():  # as a job ends, often none: a cheap look
             return
         unfinished = self._lock_executions(session, select(ExecutionRecord).where(
             col(ExecutionRecord.job_id) == job_id,
@@ -890,7 +890,7 @@ class Store:
     def _stopped_among(db: Session | Connection, node_id: str, running: Sequence[str]) -> list[str]:
         if not running:
             return []
-        found = {row.id: row for row in db.execute(sql.RUNNING_HERE, {"running": list(running), "node": node_id})}
+        found = {row.id: row for row in direct.run(db, sql.RUNNING_HERE, {"running": list(running), "node": node_id})}
 
         def runs_on(execution_id: str) -> bool:  # or it completed here: the agent has already let it go
             row = found.get(execution_id)
@@ -919,7 +919,7 @@ def _admitted(node: NodeRecord) -> NodeRecord:
 def _write(session: Session, statement: Any, job: JobRecord | Row[Any], values: dict[str, Any]) -> None:
     """Set `values` on a job with an UPDATE (`statement`, of `sql.setting`) and on its record, if it is one (as
     written: the session does not write them again)."""
-    session.execute(statement, {"job": job.id} | sql.new(values))
+    direct.run(session, statement, {"job": job.id} | sql.new(values))
     if isinstance(job, JobRecord):
         for name, value in values.items():
             set_committed_value(job, name, value)

@@ -1,0 +1,98 @@
+"""gateway/direct.py: the hot paths' statements, run through the DB-API cursor, give what SQLAlchemy gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, bindparam, event, select, update
+
+from gateway import claim, direct
+from gateway import statements as sql
+from gateway.db import make_engine
+from gateway.models import EXECUTIONS, JOBS, ExecutionState
+from gateway.store import NodeInfo, RunOutcome, Store
+from tests.gateway.test_store import database_url, wasm
+
+INFO = NodeInfo(engines=["wasm"], publishers=["s3managed"], storage_sources=["inline"],
+                labels={"site": "here"}, capacity={"CPU": 2.0})
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Any:
+    made = make_engine(database_url(tmp_path))
+    yield made
+    made.dispose()
+
+
+def as_sqlalchemy(engine: Engine, statement: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(statement, params)]
+
+
+def as_direct(engine: Engine, statement: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = direct.run(connection, statement, params)
+        assert all(tuple(row) == tuple(row._mapping.values()) for row in rows)
+        return [dict(row._mapping) for row in rows]
+
+
+def test_reads_give_the_rows_sqlalchemy_gives_with_json_booleans_and_expanding_lists(engine: Engine) -> None:
+    store = Store(engine, lease_seconds=60, max_attempts=3)
+    node, _ = store.register_node(INFO)
+    jobs = [store.submit(wasm(count=2)) for _ in range(2)]
+    _, _, claimed = store.poll(node.id, [], limit=3, slots=3, info=INFO)
+    first = claimed[0].execution
+    store.complete(node.id, first.id, RunOutcome(exit_code=0, stdout="out", stdout_truncated=True), False)
+    ids = [job.id for job in jobs]
+    cases = [
+        (sql.NODE, {"node": node.id}),  # JSON columns: labels, engines, capacity
+        (sql.JOB_OF, {"execution": first.id}),  # the job with its spec (a subquery)
+        (sql.EXECUTION, {"execution": first.id}),  # a boolean column: stdout_truncated
+        (sql.RUNNING_HERE, {"running": [c.execution.id for c in claimed], "node": node.id}),
+        (sql.DONE_PARTITIONS, {"job": first.job_id, "version": 1}),
+        (claim._JOBS, {"ids": ids}),
+        (claim._WAITING, {"node": node.id, "engine": "wasm", "size": 10}),
+        (claim._USED, {"node": node.id}),
+    ]
+    for statement, params in cases:
+        expected = as_sqlalchemy(engine, statement, params)
+        assert expected, statement  # each case reads something
+        assert as_direct(engine, statement, params) == expected, statement
+    job = as_direct(engine, sql.JOB_OF, {"execution": first.id})[0]
+    assert job["spec"]["Tasks"][0]["Engine"]["Type"] == "wasm"
+    execution = as_direct(engine, sql.EXECUTION, {"execution": first.id})[0]
+    assert execution["stdout_truncated"] is True and execution["compute_state"] == ExecutionState.COMPLETED
+
+
+def test_updates_write_through_the_transaction_and_an_empty_list_goes_through_sqlalchemy(engine: Engine) -> None:
+    store = Store(engine, lease_seconds=60, max_attempts=3, queue_timeout=3600)  # no node: it waits, queued
+    job = store.submit(wasm(count=3))
+    rename = update(JOBS).where(JOBS.c.id.in_(bindparam("ids", expanding=True))).values(
+        state_message=bindparam("message"))
+    with engine.begin() as connection:
+        assert direct.run(connection, rename, {"ids": [job.id], "message": "renamed"}) == []
+        assert direct.run(connection, rename, {"ids": [], "message": "nothing"}) == []  # SQLAlchemy's empty IN
+    with engine.begin() as connection:
+        direct.run(connection, rename, {"ids": [job.id], "message": "undone"})
+        connection.rollback()
+    assert store.find_job("default", job.id).state_message == "renamed"
+    partitions = select(EXECUTIONS.c.partition_index).where(EXECUTIONS.c.job_id == bindparam("job")).order_by(
+        EXECUTIONS.c.partition_index)
+    with engine.connect() as connection:
+        assert direct.run(connection, partitions, {"job": job.id}).scalars() == [0, 1, 2]
+
+
+def test_statement_listeners_see_what_runs_directly(engine: Engine) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    def listener(_connection: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", listener)
+    with engine.connect() as connection:
+        direct.run(connection, claim._JOBS, {"ids": ["j-1", "j-2"]})
+    event.remove(engine, "before_cursor_execute", listener)
+    assert len(seen) == 1 and "FROM jobs" in seen[0][0]
+    assert sorted(seen[0][1].values() if isinstance(seen[0][1], dict) else seen[0][1]) == ["j-1", "j-2"]
