@@ -68,10 +68,11 @@ def run(db: Session | Connection, statement: Executable, params: dict[str, Any] 
         db = db.connection()
     params = params or {}
     compiled = _compile(statement, db.dialect)
-    if compiled is None or any(not params.get(name) for name in compiled.expanding):
+    values = {} if compiled is None else compiled.defaults | params  # with the statement's own (its IN lists)
+    if compiled is None or any(not values.get(name) for name in compiled.expanding):
         result = db.execute(statement, params)
         return Rows(result.all()) if result.returns_rows else Rows()
-    text, values = _bind(compiled, params)
+    text, values = _bind(compiled, values)
     raw = db.connection.dbapi_connection
     assert raw is not None
     cursor = raw.cursor()
@@ -95,8 +96,7 @@ def run(db: Session | Connection, statement: Executable, params: dict[str, Any] 
                 for row in fetched)
 
 
-def _bind(compiled: _Compiled, params: dict[str, Any]) -> tuple[str, Any]:
-    values = compiled.defaults | params
+def _bind(compiled: _Compiled, values: dict[str, Any]) -> tuple[str, Any]:
     for name, process in compiled.processors.items():
         if name in values and values[name] is not None:
             values[name] = [process(v) for v in values[name]] if name in compiled.expanding else process(values[name])

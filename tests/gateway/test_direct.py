@@ -85,14 +85,18 @@ def test_updates_write_through_the_transaction_and_an_empty_list_goes_through_sq
 
 
 def test_statement_listeners_see_what_runs_directly(engine: Engine) -> None:
-    seen: list[tuple[str, Any]] = []
+    """Listeners (the tests that count statements) see the statements run directly, with their values; SQLAlchemy's
+    own execution would pass its execution context, which a direct run has none of."""
+    seen: list[tuple[str, Any, Any]] = []
 
-    def listener(_connection: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
+    def listener(_connection: Any, _cursor: Any, statement: str, parameters: Any, context: Any, _many: bool) -> None:
+        seen.append((statement, parameters, context))
 
     event.listen(engine, "before_cursor_execute", listener)
     with engine.connect() as connection:
         direct.run(connection, claim._JOBS, {"ids": ["j-1", "j-2"]})
+        direct.run(connection, claim._USED, {"node": "n-1"})  # a literal IN list of its own (the active states)
     event.remove(engine, "before_cursor_execute", listener)
-    assert len(seen) == 1 and "FROM jobs" in seen[0][0]
-    assert sorted(seen[0][1].values() if isinstance(seen[0][1], dict) else seen[0][1]) == ["j-1", "j-2"]
+    assert [("FROM jobs" in statement, context) for statement, _, context in seen] == [(True, None), (False, None)]
+    values = seen[0][1].values() if isinstance(seen[0][1], dict) else seen[0][1]
+    assert sorted(values) == ["j-1", "j-2"]
