@@ -9,8 +9,9 @@ columns are also attributes, with `_mapping`.
     rows = direct.run(db, statements.NODE, {"node": node_id})
     node = rows.first()
 
-For SELECT, UPDATE and DELETE statements without Python-side defaults; anything else, and a statement with an
-empty list for an expanding parameter, goes through SQLAlchemy.
+For SELECT, UPDATE and DELETE statements built once (each is compiled once and kept: never pass one built per
+call); an UPDATE sets what its `values()` names, nothing more. Anything else, and a statement with an empty list for
+an expanding parameter, goes through SQLAlchemy.
 """
 
 from __future__ import annotations
