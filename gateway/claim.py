@@ -205,14 +205,17 @@ class _Scan:
         params: dict[str, Any] = {"node": self.node.id, "size": size}
         if after is not None:
             params |= dict(zip(("time", "job", "partition", "id"), after, strict=True))
-        if self.seen:  # a statement of its own (PostgreSQL, when claims elsewhere took what this one chose)
-            query = query.where(EXECUTIONS.c.id.not_in(self.seen))
-            rows = [row for engine in sorted(self.node.engines)
-                    for row in self.db.execute(query, params | {"engine": engine}).all()]
-        else:
-            rows = [row for engine in sorted(self.node.engines)
-                    for row in direct.run(self.db, query, params | {"engine": engine})]
+        read: Callable[[Connection, Any, dict[str, Any]], list[Any]] = direct.run
+        if self.seen:  # a statement of its own (PostgreSQL, when claims elsewhere took what this one chose), which
+            query = query.where(EXECUTIONS.c.id.not_in(self.seen))  # `direct` would compile and keep for good
+            read = _through_sqlalchemy
+        rows = [row for engine in sorted(self.node.engines)
+                for row in read(self.db, query, params | {"engine": engine})]
         return sorted(rows, key=_order)[:size] if len(self.node.engines) > 1 else rows
+
+
+def _through_sqlalchemy(db: Connection, query: Any, params: dict[str, Any]) -> list[Any]:
+    return list(db.execute(query, params).all())
 
 
 def _order(execution: Row[Any]) -> tuple[int, str, int, str]:

@@ -120,16 +120,15 @@ def _bind(compiled: _Compiled, values: dict[str, Any]) -> tuple[str, Any]:
     return text, values
 
 
-_CACHE: dict[tuple[int, str], _Compiled | None] = {}
-_KEPT: list[Executable] = []  # the statements compiled, kept alive so that their ids stay theirs
+# (statement's id, dialect): the statement (kept, so that its id stays its own) and what it compiled to
+_CACHE: dict[tuple[int, str], tuple[Executable, _Compiled | None]] = {}
 
 
 def _compile(statement: Executable, dialect: Dialect) -> _Compiled | None:
     key = (id(statement), dialect.name)
     if key not in _CACHE:
-        _KEPT.append(statement)
-        _CACHE[key] = _compiled(statement, dialect)
-    return _CACHE[key]
+        _CACHE[key] = statement, _compiled(statement, dialect)
+    return _CACHE[key][1]
 
 
 def _compiled(statement: Executable, dialect: Dialect) -> _Compiled | None:

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic_core import PydanticUndefined
 from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, inspect, select
 from sqlalchemy.orm import column_property, configure_mappers
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Field, SQLModel
 
 
@@ -63,8 +62,8 @@ class NodeConnection(StrEnum):
 
 class JobRecord(SQLModel, table=True):
     """A job as it is now. Its spec is its current version's (`JobVersionRecord`), read along with the job
-    (`JOB_SPEC`) and set with `set_spec`: the spec (a module sent inline makes it tens of KB) is stored once, and the
-    job's row, which every change of its state rewrites, stays small."""
+    (`JOB_SPEC`) and set as if loaded (`Store._set_spec`): the spec (a module sent inline makes it tens of KB) is
+    stored once, and the job's row, which every change of its state rewrites, stays small."""
 
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_namespace_name", "namespace", "name"),)
@@ -243,12 +242,6 @@ def from_row(model: type[R], values: Mapping[Any, Any]) -> R:
     record: R = inspect(model).class_manager.new_instance()
     record.__dict__.update(values)
     return record
-
-
-def set_spec(job: JobRecord, spec: dict[str, Any]) -> None:
-    """The job's spec as its new version's (which the caller stores): a mapped value, not a column, set as if
-    loaded."""
-    set_committed_value(job, "spec", spec)
 
 
 def new_record(model: type[R], **values: Any) -> R:

@@ -44,7 +44,6 @@ from gateway.models import (
     NodeRecord,
     from_row,
     new_record,
-    set_spec,
 )
 from gateway.placement import Needs, Resources
 from shoal.spec import NODE_BOUND_TYPES, Job, JobType
@@ -231,7 +230,7 @@ class Store:
     def _set_spec(self, job: JobRecord, spec: dict[str, Any]) -> None:
         task = spec["Tasks"][0]
         timeouts = task.get("Timeouts") or {}
-        set_spec(job, spec)
+        set_committed_value(job, "spec", spec)  # a mapped value (the version's), not a column: the caller stores it
         job.count = int(spec.get("Count") or 0)
         job.queue_timeout = int(timeouts.get("QueueTimeout") or self.default_queue_timeout)
         job.total_timeout = int(timeouts.get("TotalTimeout") or 0)

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, bindparam, event, select, update
 
 from gateway import claim, direct
 from gateway import statements as sql
-from gateway.db import make_engine
 from gateway.models import EXECUTIONS, JOBS, ExecutionState
 from gateway.store import NodeInfo, RunOutcome, Store
-from tests.gateway.test_store import database_url, wasm
+from tests.gateway.test_store import wasm
 
 INFO = NodeInfo(engines=["wasm"], publishers=["s3managed"], storage_sources=["inline"],
                 labels={"site": "here"}, capacity={"CPU": 2.0})
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    made = make_engine(database_url(tmp_path))
-    yield made
-    made.dispose()
 
 
 def as_sqlalchemy(engine: Engine, statement: Any, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobSta
 from gateway.store import NodeInfo, RunOutcome, Store
 from shoal.selector import parse_selector
 from shoal.spec import parse_job
-from tests.conftest import ON_POSTGRES, postgres_server, wait_for
+from tests.conftest import ON_POSTGRES, wait_for
 
 WASM_DATA = "data:application/wasm;base64,AGFzbQEAAAA="
 
@@ -44,18 +44,6 @@ def docker(count: int = 1) -> Any:
     job, _ = parse_job({"Type": "batch", "Count": count,
                         "Tasks": [{"Engine": {"Type": "docker", "Params": {"Image": "busybox"}}}]})
     return job
-
-
-def database_url(tmp_path: Path) -> str:
-    """A fresh database of the backend the tests run on."""
-    return postgres_server().create_database() if ON_POSTGRES else "sqlite:///" + str(tmp_path / "s.db")
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    made = make_engine(database_url(tmp_path))
-    yield made
-    made.dispose()
 
 
 @pytest.fixture
