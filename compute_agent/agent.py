@@ -249,9 +249,9 @@ class Agent:
             worker = asyncio.ensure_future(asyncio.to_thread(executor.run, run, cancel))
             exit_code = await asyncio.shield(worker)
             reported = await running.settle()
-            (run.results_dir / "exitCode").write_text(str(exit_code))
             logs = await shipper.finish() if not published else []
-            if published:
+            if published:  # the results dir is archived: its exit code goes along
+                (run.results_dir / "exitCode").write_text(str(exit_code))
                 await shipper.close()
                 await publish(self._gateway, execution_id, run.results_dir, run.root)
             # the completion fills the slot it frees (the agent's poll waits on), unless the agent stops

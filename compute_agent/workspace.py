@@ -3,7 +3,8 @@
     <data>/executions/<executionID>/
         inputs/<Target path>        each input, laid out at its target path
         results/                    archived and uploaded as the execution's result
-            stdout  stderr  exitCode  <ResultPath.Name>/…
+            stdout  stderr  <ResultPath.Name>/…
+            exitCode                written once the task has run, when the results are published
 """
 
 from __future__ import annotations

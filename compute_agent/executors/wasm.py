@@ -16,7 +16,19 @@ import wasmtime
 from compute_agent.errors import ExecutorError, TimeoutExpired
 from compute_agent.workspace import TaskRun
 
-_CACHE_SIZE = 32
+_CACHE_SIZE = 32  # compiled modules kept, by digest
+_LOADED = 4  # modules each engine keeps loaded, by digest
+
+
+class _Engine:
+    """A wasmtime engine and the modules loaded into it. Interrupting a task ticks its engine's epoch, which
+    would interrupt every store of the engine: one runs one task at a time."""
+
+    def __init__(self) -> None:
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        self.engine = wasmtime.Engine(config)
+        self.modules: OrderedDict[str, wasmtime.Module] = OrderedDict()
 
 
 class WasmExecutor:
@@ -24,6 +36,7 @@ class WasmExecutor:
 
     def __init__(self) -> None:
         self._compiled: OrderedDict[str, bytes] = OrderedDict()
+        self._idle: list[_Engine] = []  # engines no task runs on: as many as ever ran at once
         self._lock = threading.Lock()
 
     def available(self) -> bool:
@@ -33,16 +46,24 @@ class WasmExecutor:
         return 0  # a WASM task dies with its agent
 
     def run(self, task: TaskRun, cancel: threading.Event) -> int:
-        # An engine per task, so that interrupting one task (one epoch tick) touches no other;
-        # compiled code is shared between engines through the digest cache.
-        config = wasmtime.Config()
-        config.epoch_interruption = True
-        engine = wasmtime.Engine(config)
-        module = self._module(engine, _entry_module(task))
+        # An engine of its own while it runs, so that interrupting it touches no other task; the engine and the
+        # modules loaded into it serve later tasks (compiled code is shared between engines by digest)
+        with self._lock:
+            engine = self._idle.pop() if self._idle else _Engine()
+        try:
+            return self._run(engine, task, cancel)
+        finally:
+            with self._lock:
+                self._idle.append(engine)
+
+    def _run(self, loaded: _Engine, task: TaskRun, cancel: threading.Event) -> int:
+        engine = loaded.engine
+        module = self._module(loaded, _entry_module(task))
         watch = _Watch(task, engine, cancel)
         try:
             store = wasmtime.Store(engine)
-            store.set_wasi(self._wasi(task, watch.fifos[0], watch.fifos[1]))
+            store.set_wasi(self._wasi(task, *watch.outputs))
+            watch.opened()
             if task.memory:
                 store.set_limits(memory_size=task.memory)
             store.set_epoch_deadline(1)
@@ -65,10 +86,21 @@ class WasmExecutor:
         finally:
             watch.close()
 
-    def _module(self, engine: wasmtime.Engine, path: Path) -> wasmtime.Module:
-        """Compile once per digest; later runs load the compiled code."""
+    def _module(self, loaded: _Engine, path: Path) -> wasmtime.Module:
+        """Compile once per digest; later runs use the module loaded into their engine, or load the compiled
+        code into it."""
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
+        module = loaded.modules.get(digest)
+        if module is None:
+            module = self._load(loaded.engine, digest, data, path.name)
+            loaded.modules[digest] = module
+            while len(loaded.modules) > _LOADED:
+                loaded.modules.popitem(last=False)
+        loaded.modules.move_to_end(digest)
+        return module
+
+    def _load(self, engine: wasmtime.Engine, digest: str, data: bytes, name: str) -> wasmtime.Module:
         with self._lock:
             compiled = self._compiled.get(digest)
             if compiled is not None:
@@ -78,7 +110,7 @@ class WasmExecutor:
                 return wasmtime.Module.deserialize(engine, compiled)
             module = wasmtime.Module(engine, data)
         except wasmtime.WasmtimeError as exc:
-            raise ExecutorError(f"{path.name} is not a valid WASM module: {exc}") from exc
+            raise ExecutorError(f"{name} is not a valid WASM module: {exc}") from exc
         with self._lock:
             self._compiled[digest] = bytes(module.serialize())
             while len(self._compiled) > _CACHE_SIZE:
@@ -86,13 +118,13 @@ class WasmExecutor:
         return module
 
     @staticmethod
-    def _wasi(task: TaskRun, stdout: Path, stderr: Path) -> wasmtime.WasiConfig:
+    def _wasi(task: TaskRun, stdout: str, stderr: str) -> wasmtime.WasiConfig:
         wasi = wasmtime.WasiConfig()
         entry = str(task.params.get("EntryModule", "main.wasm"))
         wasi.argv = [PurePosixPath(entry).name, *task.params.get("Parameters", [])]
         wasi.env = sorted(task.env.items())
-        wasi.stdout_file = str(stdout)
-        wasi.stderr_file = str(stderr)
+        wasi.stdout_file = stdout
+        wasi.stderr_file = stderr
         for host, guest, writable in _preopens(task):
             wasi.preopen_dir(str(host), guest, writable)
         return wasi
@@ -100,12 +132,12 @@ class WasmExecutor:
 
 class _Watch:
     """One thread per task for what goes on beside it: it copies what the module writes to its two output
-    streams, each a FIFO (`fifos`) standing in for it, to the task's stdout and stderr files as it comes (the
-    agent's log shipper tails them), keeping at most the task's output cap of each, as Docker tasks do; and it
-    interrupts the module (one epoch tick of its engine) when the execution is cancelled or times out, saying
-    which in `interrupted`. A write returns once its bytes are in the pipe, so when the module has returned,
-    `close()` drains the rest; it wakes the thread at once (a byte on a pipe of its own) instead of letting it
-    finish a wait."""
+    streams, each a pipe whose write end wasmtime opens by path (`outputs`, /dev/fd/N: no file is made for it), to
+    the task's stdout and stderr files as it comes (the agent's log shipper tails them), keeping at most the
+    task's output cap of each, as Docker tasks do; and it interrupts the module (one epoch tick of its engine)
+    when the execution is cancelled or times out, saying which in `interrupted`. A write returns once its bytes
+    are in the pipe, so when the module has returned, `close()` drains the rest; it wakes the thread at once (a
+    byte on a pipe of its own) instead of letting it finish a wait."""
 
     TICK = 0.05  # seconds between looks at the cancel flag, and at a stream with no writer
 
@@ -113,12 +145,15 @@ class _Watch:
         self.engine, self.cancel, self.cap = engine, cancel, task.max_output_bytes
         self.deadline = time.monotonic() + task.timeout if task.timeout else None
         self.interrupted = ""
-        self.outputs = (task.stdout_path, task.stderr_path)
-        self.fifos = tuple(path.with_name(f".{path.name}.fifo") for path in self.outputs)
+        self.files = (task.stdout_path, task.stderr_path)
         self._fds: list[int] = []
-        for fifo in self.fifos:
-            os.mkfifo(fifo, 0o600)
-            self._fds.append(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # so that wasmtime's open for writing returns
+        self._writers: list[int] = []  # ours, closed once wasmtime has opened its own: EOF when the store is gone
+        for _ in self.files:
+            read, write = os.pipe()
+            os.set_blocking(read, False)
+            self._fds.append(read)
+            self._writers.append(write)
+        self.outputs = tuple(f"/dev/fd/{fd}" for fd in self._writers)
         self._wake_r, self._wake_w = os.pipe()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -126,7 +161,7 @@ class _Watch:
 
     def _run(self) -> None:
         written = [0, 0]
-        with open(self.outputs[0], "wb") as stdout, open(self.outputs[1], "wb") as stderr:
+        with open(self.files[0], "wb") as stdout, open(self.files[1], "wb") as stderr:
             files = (stdout, stderr)
             while True:
                 stopping = self._stop.is_set()
@@ -138,7 +173,7 @@ class _Watch:
                     except BlockingIOError:  # a writer, nothing written yet
                         waiting.append(fd)
                         continue
-                    if data:  # b"": no writer yet, or it has closed (the FIFO reads as EOF until one opens it)
+                    if data:  # b"": every writer has closed
                         copied = True
                         if written[index] < self.cap:
                             files[index].write(data[: self.cap - written[index]])
@@ -166,14 +201,18 @@ class _Watch:
             return self.TICK
         return max(0.0, min(self.TICK, self.deadline - time.monotonic()))
 
+    def opened(self) -> None:
+        """wasmtime holds its own write ends now."""
+        while self._writers:
+            os.close(self._writers.pop())
+
     def close(self) -> None:
+        self.opened()
         self._stop.set()
         os.write(self._wake_w, b"x")
         self._thread.join()
         for fd in (*self._fds, self._wake_r, self._wake_w):
             os.close(fd)
-        for fifo in self.fifos:
-            fifo.unlink(missing_ok=True)
 
 
 def _entry_module(task: TaskRun) -> Path:

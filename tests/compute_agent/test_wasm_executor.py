@@ -15,7 +15,7 @@ import wasmtime
 from compute_agent.errors import ExecutorError, TimeoutExpired
 from compute_agent.executors.wasm import WasmExecutor
 from compute_agent.workspace import Mount, TaskRun
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, wait_for
 
 PROBE = FIXTURES / "wasm" / "probe.wasm"
 LOOP = FIXTURES / "wasm" / "loop.wat"
@@ -258,19 +258,39 @@ def module_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     yield counts
 
 
+@pytest.mark.timeout(30)
 def test_compiled_modules_are_reused_by_digest(executor: WasmExecutor, tmp_path: Path,
                                                module_spy: dict[str, int]) -> None:
     first = make_task(tmp_path, "echo", "one", name="first")
     assert run(executor, first) == 0
     assert module_spy == {"compiled": 1, "deserialized": 0}
 
-    # the same bytes under another name and execution: loaded from the cache into a fresh engine, and it works
+    # the same bytes under another name and execution: the module its engine loaded runs again
     second = make_task(tmp_path, "echo", "two", name="second")
     assert run(executor, second) == 0
     assert second.stdout_path.read_text() == "two\n"
-    assert module_spy == {"compiled": 1, "deserialized": 1}
+    assert module_spy == {"compiled": 1, "deserialized": 0}
+
+    # while another module spins on that engine, the same bytes run on an engine of their own, into which the
+    # compiled code is loaded
+    cancel = threading.Event()
+    thread, outcome = _run_in_thread(executor, make_task(tmp_path, module=LOOP, name="loop"), cancel)
+    wait_for(lambda: module_spy["compiled"] == 2, timeout=10, what="the loop module compiled")
+    third = make_task(tmp_path, "echo", "three", name="third")
+    assert run(executor, third) == 0
+    assert third.stdout_path.read_text() == "three\n"
+    assert module_spy == {"compiled": 2, "deserialized": 1}
+    cancel.set()
+    thread.join(10)
+    assert str(outcome.get("error")) == "the execution was cancelled", outcome
+
+    # the engine that interrupted the loop runs the next task, uninterrupted, with the module it had loaded
+    fourth = make_task(tmp_path, "echo", "four", name="fourth")
+    assert run(executor, fourth) == 0
+    assert fourth.stdout_path.read_text() == "four\n"
+    assert module_spy == {"compiled": 2, "deserialized": 1}
 
     # other bytes are another digest
     other = make_task(tmp_path, module=GROW_WAT, name="other")
     assert run(executor, other) == 0
-    assert module_spy == {"compiled": 2, "deserialized": 1}
+    assert module_spy == {"compiled": 3, "deserialized": 1}
