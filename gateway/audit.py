@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from gateway import direct
 from gateway.db import READ_ONLY
 from gateway.models import AUDIT, AuditRecord
 from gateway.store import now_ns
@@ -30,10 +31,9 @@ class AuditLog:
             return list(session.exec(query.order_by(col(AuditRecord.seq)).limit(limit)).all())
 
 
-_INSERT = insert(AUDIT)
 
 
 def add(session: Session, actor: str, action: str, target: str, *, namespace: str = "", detail: str = "") -> None:
     """Write an entry in the session's transaction (`AuditLog.record`'s own, or one that writes what it records)."""
-    session.execute(_INSERT, [{"time": now_ns(), "actor": actor, "action": action, "target": target,
+    direct.insert(session, AUDIT, [{"time": now_ns(), "actor": actor, "action": action, "target": target,
                                "namespace": namespace, "detail": detail[:1024]}])

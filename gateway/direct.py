@@ -12,6 +12,12 @@ columns are also attributes, with `_mapping`.
 For SELECT, UPDATE and DELETE statements built once (each is compiled once and kept: never pass one built per
 call); an UPDATE sets what its `values()` names, nothing more. Anything else, and a statement with an empty list for
 an expanding parameter, goes through SQLAlchemy.
+
+    direct.insert(db, EVENTS, rows)
+
+INSERTs rows (dicts with the same keys) into a table, a few hundred to a statement, filling in the scalar
+defaults of the columns they leave out; rows that leave out a column whose default is computed go through
+SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ClauseElement, Connection, Executable
+from sqlalchemy import ClauseElement, Connection, Executable, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 
 _EXPANDING = "__[POSTCOMPILE_{}]"
+_ROWS_PER_INSERT = 500  # SQLite allows 32,766 values in a statement
 
 
 class Rows(list[Any]):
@@ -74,13 +81,8 @@ def run(db: Session | Connection, statement: Executable, params: dict[str, Any] 
         result = db.execute(statement, params)
         return Rows(result.all()) if result.returns_rows else Rows()
     text, values = _bind(compiled, values)
-    raw = db.connection.dbapi_connection
-    assert raw is not None
-    cursor = raw.cursor()
+    cursor = _execute(db, text, values)
     try:
-        if db.dispatch.before_cursor_execute:  # listeners (tests that count statements) see these too
-            db.dispatch.before_cursor_execute(db, cursor, text, values, None, False)
-        cursor.execute(text, values)
         if compiled.row is None:
             return Rows()
         fetched = cursor.fetchall()
@@ -95,6 +97,81 @@ def run(db: Session | Connection, statement: Executable, params: dict[str, Any] 
     return Rows(make(*(value if process is None else process(value) for process, value in zip(processors, row,
                                                                                              strict=True)))
                 for row in fetched)
+
+
+@dataclass
+class _Insert:
+    head: str  # INSERT INTO table (columns) VALUES
+    row: str  # one row's placeholders
+    keys: tuple[str, ...]  # the rows' keys, in the order of the placeholders
+    defaults: tuple[Any, ...]  # values of the columns the rows leave out, after theirs
+    processors: tuple[Callable[[Any], Any] | None, ...]  # of the keys' columns
+
+
+def insert(db: Session | Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT `rows` into `table`, in the transaction of `db` (a session's pending changes are flushed first)."""
+    if isinstance(db, Session):
+        db.flush()
+        db = db.connection()
+    if not rows:
+        return
+    keys = rows[0].keys()
+    plan = _insert_plan(table, db.dialect, tuple(keys))
+    if plan is None or any(row.keys() != keys for row in rows):
+        db.execute(table.insert(), rows)
+        return
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        part = rows[start:start + _ROWS_PER_INSERT]
+        values: list[Any] = []
+        for row in part:
+            values.extend(row[key] if process is None else process(row[key])
+                          for key, process in zip(plan.keys, plan.processors, strict=True))
+            values.extend(plan.defaults)
+        _execute(db, plan.head + ", ".join([plan.row] * len(part)), tuple(values)).close()
+
+
+# (table's id, dialect, the rows' keys): the table (kept, so that its id stays its own) and the plan
+_INSERTS: dict[tuple[int, str, tuple[str, ...]], tuple[Table, _Insert | None]] = {}
+
+
+def _insert_plan(table: Table, dialect: Dialect, keys: tuple[str, ...]) -> _Insert | None:
+    key = (id(table), dialect.name, keys)
+    if key not in _INSERTS:
+        _INSERTS[key] = table, _planned(table, dialect, keys)
+    return _INSERTS[key][1]
+
+
+def _planned(table: Table, dialect: Dialect, keys: tuple[str, ...]) -> _Insert | None:
+    if dialect.paramstyle not in ("qmark", "pyformat") or not set(keys) <= set(table.c.keys()):
+        return None
+    left_out = [column for column in table.c if column.key not in keys and column.default is not None]
+    if not all(getattr(column.default, "is_scalar", False) for column in left_out):
+        return None  # computed in Python as SQLAlchemy inserts the row
+    columns = [table.c[key] for key in keys] + left_out
+    processors = tuple(column.type._cached_bind_processor(dialect) for column in columns)
+    defaults = tuple(getattr(column.default, "arg", None) for column in left_out)
+    defaults = tuple(value if process is None else process(value)
+                     for value, process in zip(defaults, processors[len(keys):], strict=True))
+    quote = dialect.identifier_preparer.quote
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    return _Insert(f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+                   f"({', '.join(quote(column.name) for column in columns)}) VALUES ",
+                   f"({', '.join([mark] * len(columns))})", keys, defaults, processors[:len(keys)])
+
+
+def _execute(db: Connection, text: str, values: Any) -> Any:
+    """A cursor that has run `text`, which listeners (tests that count statements) saw as SQLAlchemy's would be."""
+    raw = db.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        if db.dispatch.before_cursor_execute:
+            db.dispatch.before_cursor_execute(db, cursor, text, values, None, False)
+        cursor.execute(text, values)
+    except BaseException:
+        cursor.close()
+        raise
+    return cursor
 
 
 def _bind(compiled: _Compiled, values: dict[str, Any]) -> tuple[str, Any]:

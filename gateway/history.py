@@ -10,12 +10,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
+from gateway import direct
 from gateway.models import EVENTS, EventRecord, ExecutionRecord, JobRecord
 
-_INSERT = insert(EVENTS)
 _PENDING = "shoal_history_events"  # in Session.info
 
 
@@ -55,7 +54,7 @@ def write(session: Session, events: list[dict[str, Any]]) -> None:
 def flush(session: Session) -> None:
     """Insert the events the transaction has queued, in one statement (the transaction ends next)."""
     if pending := session.info.pop(_PENDING, None):
-        session.execute(_INSERT, pending)
+        direct.insert(session, EVENTS, pending)
 
 
 def read(session: Session, job_id: str, *, after: int, limit: int, level: str = "all",

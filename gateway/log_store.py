@@ -7,10 +7,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert
+from sqlalchemy import Connection, Engine, bindparam, func
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
+from gateway import direct
 from gateway.db import READ_ONLY
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.models import ACTIVE_EXECUTION_STATES, LOG_CHUNKS, ExecutionRecord, LogChunkRecord
@@ -24,7 +25,6 @@ _STORED = (  # per stream of an execution: where its stored text ends, and how m
     .where(LOG_CHUNKS.c.execution_id == bindparam("execution"))
     .group_by(LOG_CHUNKS.c.stream)
 )
-_INSERT = insert(LOG_CHUNKS)
 
 
 @dataclass(frozen=True)
@@ -116,5 +116,5 @@ def store_chunks(db: Session | Connection, execution_id: str, chunks: Sequence[C
             total += len(data)
             kept += len(data)
     if rows:
-        db.execute(_INSERT, rows)
+        direct.insert(db, LOG_CHUNKS, rows)
     return kept, capped

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
     EXECUTIONS,
     JOB_SPEC,
-    JOB_VERSIONS,
     JOBS,
     NODES,
     DesiredState,
@@ -39,9 +38,6 @@ NODE = select(NODES).where(NODES.c.id == bindparam("node")).with_for_update()
 JOB_OF = select(JOBS, JOB_SPEC).where(JOBS.c.id == select(EXECUTIONS.c.job_id).where(
     EXECUTIONS.c.id == bindparam("execution")).scalar_subquery()).with_for_update()  # an execution's job
 EXECUTION = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("execution")).with_for_update()
-INSERT_JOB = insert(JOBS)
-INSERT_VERSION = insert(JOB_VERSIONS)
-INSERT_EXECUTIONS = insert(EXECUTIONS)
 QUEUE_JOB = update(JOBS).where(JOBS.c.id == bindparam("job")).values(setting("state", "state_message"))
 END_JOB = update(JOBS).where(JOBS.c.id == bindparam("job")).values(
     setting("state", "state_message", "modify_time", "revision"))

@@ -31,6 +31,8 @@ from gateway.history import Topic
 from gateway.log_store import Chunk, store_chunks
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
+    EXECUTIONS,
+    JOB_VERSIONS,
     JOBS,
     DesiredState,
     EventRecord,
@@ -194,8 +196,9 @@ class Store:
                             create_time=now, modify_time=now)
         self._set_spec(record, spec | {"Name": record.name})
         # written with SQL Core: the record stays out of the session, and what changes it later writes the same way
-        session.execute(sql.INSERT_JOB, [{column.name: getattr(record, column.name) for column in JOBS.columns}])
-        session.execute(sql.INSERT_VERSION, [{"job_id": job_id, "version": 1, "spec": record.spec, "create_time": now}])
+        direct.insert(session, JOBS, [{column.name: getattr(record, column.name) for column in JOBS.columns}])
+        direct.insert(session, JOB_VERSIONS, [{"job_id": job_id, "version": 1, "spec": record.spec,
+                                               "create_time": now}])
         history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
         self._schedule(session, record, now)
         self._audit_submission(session, actor, record)
@@ -244,7 +247,7 @@ class Store:
         job.create_time = job.modify_time = now  # timeouts count from the new version's submission
         job.revision += 1
         session.add(job)
-        session.execute(sql.INSERT_VERSION, [{"job_id": job.id, "version": job.version, "spec": job.spec,
+        direct.insert(session, JOB_VERSIONS, [{"job_id": job.id, "version": job.version, "spec": job.spec,
                                               "create_time": now}])
         history.job_event(session, job, Topic.SUBMISSION, message, previous=previous, now=now)
         self._schedule(session, job, now)
@@ -269,8 +272,8 @@ class Store:
             _write(session, sql.QUEUE_JOB, record, {"state": JobState.QUEUED, "state_message": message})
             history.job_event(session, record, Topic.QUEUEING, "Job queued", previous=JobState.PENDING,
                               details={"Reason": message}, now=now)
-        session.execute(sql.INSERT_EXECUTIONS, [self._new_execution(record, needs, index, attempt=1, now=now)
-                                                for index in range(record.count)])
+        direct.insert(session, EXECUTIONS, [self._new_execution(record, needs, index, attempt=1, now=now)
+                                            for index in range(record.count)])
 
     def _place_on_nodes(self, session: Session, job: JobRecord, needs: Needs, reasons: dict[str, list[str]],
                         now: int) -> None:
@@ -280,8 +283,8 @@ class Store:
         if not suitable and job.type == JobType.OPS:
             self._end_job(session, job, JobState.FAILED, placement.not_enough_nodes(1, reasons), now)
         if suitable:
-            session.execute(sql.INSERT_EXECUTIONS, [self._new_execution(job, needs, 0, attempt=1, now=now,
-                                                                        node_id=node_id) for node_id in suitable])
+            direct.insert(session, EXECUTIONS, [self._new_execution(job, needs, 0, attempt=1, now=now,
+                                                                    node_id=node_id) for node_id in suitable])
 
     def _place_daemons(self, session: Session, node: NodeRecord, now: int) -> None:
         """Give a node that joined (or came back) an execution of every daemon job it can run."""
@@ -298,8 +301,8 @@ class Store:
             )).first()
             needs = self.needs(job)
             if has_one is None and not placement.unsuitable(node, needs, Resources.from_capacity(node.capacity)):
-                session.execute(sql.INSERT_EXECUTIONS, [self._new_execution(job, needs, 0, attempt=1, now=now,
-                                                                            node_id=node.id)])
+                direct.insert(session, EXECUTIONS, [self._new_execution(job, needs, 0, attempt=1, now=now,
+                                                                        node_id=node.id)])
 
     @staticmethod
     def _placement_reasons(session: Session, needs: Needs, *, all_nodes: bool = True) -> dict[str, list[str]]:
@@ -319,7 +322,7 @@ class Store:
     @staticmethod
     def _new_execution(job: JobRecord | Row[Any], needs: Needs, index: int, *, attempt: int, now: int,
                        node_id: str | None = None) -> dict[str, Any]:
-        """A waiting execution's row (the table's defaults fill in the rest), for `sql.INSERT_EXECUTIONS`."""
+        """A waiting execution's row (the table's defaults fill in the rest), for `direct.insert`."""
         return {
             "id": f"e-{uuid.uuid4()}",
             "node_id": node_id,
@@ -693,7 +696,7 @@ class Store:
                  now: int) -> None:
         retry = self._new_execution(job, self._needs(job.spec), ended.partition_index, attempt=ended.attempt + 1,
                                     now=now)
-        session.execute(sql.INSERT_EXECUTIONS, [retry])
+        direct.insert(session, EXECUTIONS, [retry])
         history.write(session, [history.event(job.id, job.version, retry["id"], Topic.SCHEDULING,
                                               f"Retrying partition {ended.partition_index} ({why})", "",
                                               ExecutionState.NEW, None, now)])
