@@ -9,6 +9,7 @@ import select
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import wasmtime
@@ -18,6 +19,8 @@ from compute_agent.workspace import TaskRun
 
 _CACHE_SIZE = 32  # compiled modules kept, by digest
 _LOADED = 4  # modules each engine keeps loaded, by digest
+# the watches' threads, kept for the next tasks; as many as tasks run at once (a watch never waits for a thread)
+_WATCHING = ThreadPoolExecutor(max_workers=1 << 16, thread_name_prefix="wasm-watch")
 
 
 class _Engine:
@@ -131,7 +134,7 @@ class WasmExecutor:
 
 
 class _Watch:
-    """One thread per task for what goes on beside it: it copies what the module writes to its two output
+    """A thread for each running task, for what goes on beside it: it copies what the module writes to its two output
     streams, each a pipe whose write end wasmtime opens by path (`outputs`, /dev/fd/N: no file is made for it), to
     the task's stdout and stderr files as it comes (the agent's log shipper tails them), keeping at most the
     task's output cap of each, as Docker tasks do; and it interrupts the module (one epoch tick of its engine)
@@ -156,8 +159,7 @@ class _Watch:
         self.outputs = tuple(f"/dev/fd/{fd}" for fd in self._writers)
         self._wake_r, self._wake_w = os.pipe()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._done = _WATCHING.submit(self._run)
 
     def _run(self) -> None:
         written = [0, 0]
@@ -210,7 +212,7 @@ class _Watch:
         self.opened()
         self._stop.set()
         os.write(self._wake_w, b"x")
-        self._thread.join()
+        self._done.result()
         for fd in (*self._fds, self._wake_r, self._wake_w):
             os.close(fd)
 
