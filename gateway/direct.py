@@ -15,14 +15,15 @@ an expanding parameter, goes through SQLAlchemy.
 
     direct.insert(db, EVENTS, rows)
 
-INSERTs rows (dicts with the same keys) into a table, a few hundred to a statement, filling in the scalar
-defaults of the columns they leave out; rows that leave out a column whose default is computed go through
-SQLAlchemy.
+INSERTs rows (dicts with the same keys) into a table, as many to a statement as the database takes, filling in
+the scalar defaults of the columns they leave out; rows that leave out a column whose default is computed go
+through SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import collections
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,7 +34,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 
 _EXPANDING = "__[POSTCOMPILE_{}]"
-_ROWS_PER_INSERT = 500  # SQLite allows 32,766 values in a statement
+# values one statement may carry: SQLite's limit (999 before 3.32), PostgreSQL's protocol's
+_MOST_VALUES = {"sqlite": 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999, "postgresql": 65_535}
 
 
 class Rows(list[Any]):
@@ -106,6 +108,7 @@ class _Insert:
     keys: tuple[str, ...]  # the rows' keys, in the order of the placeholders
     defaults: tuple[Any, ...]  # values of the columns the rows leave out, after theirs
     processors: tuple[Callable[[Any], Any] | None, ...]  # of the keys' columns
+    rows: int  # at most in one statement
 
 
 def insert(db: Session | Connection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -120,8 +123,8 @@ def insert(db: Session | Connection, table: Table, rows: list[dict[str, Any]]) -
     if plan is None or any(row.keys() != keys for row in rows):
         db.execute(table.insert(), rows)
         return
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        part = rows[start:start + _ROWS_PER_INSERT]
+    for start in range(0, len(rows), plan.rows):
+        part = rows[start:start + plan.rows]
         values: list[Any] = []
         for row in part:
             values.extend(row[key] if process is None else process(row[key])
@@ -142,7 +145,8 @@ def _insert_plan(table: Table, dialect: Dialect, keys: tuple[str, ...]) -> _Inse
 
 
 def _planned(table: Table, dialect: Dialect, keys: tuple[str, ...]) -> _Insert | None:
-    if dialect.paramstyle not in ("qmark", "pyformat") or not set(keys) <= set(table.c.keys()):
+    if dialect.name not in _MOST_VALUES or dialect.paramstyle not in ("qmark", "pyformat") \
+            or not set(keys) <= set(table.c.keys()):
         return None
     left_out = [column for column in table.c if column.key not in keys and column.default is not None]
     if not all(getattr(column.default, "is_scalar", False) for column in left_out):
@@ -156,7 +160,8 @@ def _planned(table: Table, dialect: Dialect, keys: tuple[str, ...]) -> _Insert |
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     return _Insert(f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
                    f"({', '.join(quote(column.name) for column in columns)}) VALUES ",
-                   f"({', '.join([mark] * len(columns))})", keys, defaults, processors[:len(keys)])
+                   f"({', '.join([mark] * len(columns))})", keys, defaults, processors[:len(keys)],
+                   max(1, _MOST_VALUES[dialect.name] // len(columns)))
 
 
 def _execute(db: Connection, text: str, values: Any) -> Any:

@@ -134,13 +134,13 @@ class WasmExecutor:
 
 
 class _Watch:
-    """A thread for each running task, for what goes on beside it: it copies what the module writes to its two output
-    streams, each a pipe whose write end wasmtime opens by path (`outputs`, /dev/fd/N: no file is made for it), to
-    the task's stdout and stderr files as it comes (the agent's log shipper tails them), keeping at most the
-    task's output cap of each, as Docker tasks do; and it interrupts the module (one epoch tick of its engine)
-    when the execution is cancelled or times out, saying which in `interrupted`. A write returns once its bytes
-    are in the pipe, so when the module has returned, `close()` drains the rest; it wakes the thread at once (a
-    byte on a pipe of its own) instead of letting it finish a wait."""
+    """A thread for each running task, for what goes on beside it. It copies what the module writes to its two
+    output streams to the task's stdout and stderr files as it comes (the agent's log shipper tails them),
+    keeping at most the task's output cap of each, as Docker tasks do: each stream is a pipe whose write end
+    wasmtime opens by its path (`outputs`, /dev/fd/N), so no file is made for it. And it interrupts the module (one
+    epoch tick of its engine) when the execution is cancelled or times out, saying which in `interrupted`. A write
+    returns once its bytes are in the pipe, so when the module has returned, `close()` drains the rest; it wakes
+    the thread at once (a byte on a pipe of its own) instead of letting it finish a wait."""
 
     TICK = 0.05  # seconds between looks at the cancel flag, and at a stream with no writer
 

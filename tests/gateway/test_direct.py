@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, bindparam, event, select, update
 
 from gateway import claim, direct, history
@@ -99,10 +100,16 @@ def _rows(engine: Engine, table: Any, where: Any) -> list[dict[str, Any]]:
             *table.primary_key.columns))]
 
 
-def test_inserts_write_what_sqlalchemy_writes_defaults_and_json_included(engine: Engine) -> None:
-    """Rows inserted directly (600 events: two statements) read back as the same rows inserted through SQLAlchemy,
-    JSON and the defaults of the columns they leave out included."""
+def test_inserts_write_what_sqlalchemy_writes_defaults_and_json_included(engine: Engine,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows inserted directly (600 events, in statements of at most 1,000 values) read back as the same rows
+    inserted through SQLAlchemy, JSON and the defaults of the columns they leave out included."""
     job = Store(engine, lease_seconds=60, max_attempts=3, queue_timeout=3600).submit(wasm())
+    monkeypatch.setattr(direct, "_INSERTS", {})  # plans made afresh, for statements of at most 1,000 values
+    monkeypatch.setattr(direct, "_MOST_VALUES", {"sqlite": 1_000, "postgresql": 1_000})
+    inserts: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda *args: inserts.append(args[2]) if args[2].startswith("INSERT INTO events") else None)
 
     def events(execution: str) -> list[dict[str, Any]]:
         return [history.event(job.id, 1, execution, Topic.EXECUTION, f"event {i}", "", ExecutionState.RUNNING,
@@ -118,6 +125,7 @@ def test_inserts_write_what_sqlalchemy_writes_defaults_and_json_included(engine:
         direct.insert(connection, EXECUTIONS, [execution("e-direct")])
         connection.execute(EVENTS.insert(), events("e-sqlalchemy"))
         connection.execute(EXECUTIONS.insert(), [execution("e-sqlalchemy")])
+    assert len(inserts) == 6 + 1  # directly 111 rows of 9 values at a time, then SQLAlchemy's one statement
     by_direct = _rows(engine, EVENTS, EVENTS.c.execution_id == "e-direct")
     by_sqlalchemy = _rows(engine, EVENTS, EVENTS.c.execution_id == "e-sqlalchemy")
     assert len(by_direct) == 600 and by_direct[1]["details"] == {"Index": 1, "Nested": {"ü": [1, None]}}
