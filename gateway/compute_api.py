@@ -103,23 +103,34 @@ async def poll(request: Request) -> Response:
     info = _node_info(body) if "Engines" in body else None
     loop = asyncio.get_running_loop()
     limit = free if slots is None else slots
-    # registered as waiting before the first look (the heartbeat's transaction): no wake-up in between is missed
-    with svc.work.waiting(node.id, info.engines if info else node.engines) as waiter, \
+    # registered as waiting before the first look (the heartbeat's transaction): no wake-up in between is missed.
+    # A submission may claim for it meanwhile, in its own transaction (`WorkSignal.reserve`): what it hands over
+    # is answered with at once, and is never left behind when the poll ends otherwise.
+    with svc.work.waiting(node.id, info.engines if info else node.engines, limit, slots) as waiter, \
             svc.deadlines.booked(loop.time(), wait) as deadline:
         beat = True
         while True:
             waiter.arm()
             node, cancel, claimed = await run_in_threadpool(svc.store.poll, node.id, running, limit=limit,
                                                             slots=slots, beat=beat, info=info, free_slots=free)
+            claimed += await waiter.handed()
             if claimed or cancel:
                 waiter.took_work()
-                return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Cancel": cancel})
+                return _work(svc, claimed, cancel)
             waiter.found_nothing()
             remaining = deadline - loop.time()
             # a wait that ends without a wake-up brought nothing new for it: its next poll looks first anyway
             if remaining <= 0 or await request.is_disconnected() or not await waiter.wait(remaining):
-                return Response(status_code=204)
+                claimed = await waiter.handed()
+                return _work(svc, claimed, []) if claimed else Response(status_code=204)
+            if claimed := await waiter.handed():
+                waiter.took_work()
+                return _work(svc, claimed, [])
             beat = False
+
+
+def _work(svc: Services, claimed: list[Claimed], cancel: list[str]) -> JSONResponse:
+    return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Cancel": cancel})
 
 
 def _count(body: dict[str, Any], name: str, default: int | None) -> Any:

@@ -16,6 +16,7 @@ from gateway import history, wire
 from gateway.auth import principal, visible_namespace
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.models import ExecutionState, JobRecord
+from gateway.notify import Waiter
 from gateway.redaction import redact_spec
 from gateway.responses import JSONResponse
 from gateway.services import Services, query_int, read_body, read_json, services
@@ -47,26 +48,48 @@ async def submit(request: Request) -> JSONResponse:
         for job in jobs:
             await run_in_threadpool(check_managed_inputs, svc, job)
     actor = principal(request).name
-    records = (await run_in_threadpool(svc.store.submit_all, jobs, force=force, actor=actor) if batch else
-               [await run_in_threadpool(svc.store.submit, jobs[0], force=force, actor=actor)])
-    _announce(svc, records)
+    handed = _reserve(svc, jobs)
+    claims: list[list[Any]] = []
+    try:
+        records, claims = await run_in_threadpool(
+            svc.store.submit_claiming, jobs, force=force, actor=actor, batch=batch,
+            claim_for=[(waiter.node_id, waiter.limit, waiter.slots) for waiter in handed])
+    finally:
+        for waiter, claimed in zip(handed, claims or [[]] * len(handed), strict=True):
+            waiter.hand(claimed)
+    _announce(svc, records, taken=sum(len(claimed) for claimed in claims))
     answers = [{"JobID": record.id, "JobVersion": record.version, "EvaluationID": "", "Warnings": warnings}
                for record, (_, warnings) in zip(records, parsed, strict=True)]
     return JSONResponse({"Jobs": answers} if batch else answers[0])
 
 
-def _announce(svc: Services, jobs: list[JobRecord]) -> None:
+def _reserve(svc: Services, jobs: list[Job]) -> list[Waiter]:
+    """Polls waiting on this replica that the submission claims for in its own transaction: as many as its
+    executions of the first job's engine, unless one of its jobs is bound to nodes (an ops or daemon job's
+    executions are bound as they are made)."""
+    if any(job.Type in NODE_BOUND_TYPES for job in jobs):
+        return []
+    engine = str(jobs[0].task.Engine.Type)
+    return svc.work.reserve(engine, sum(job.Count or 0 for job in jobs if str(job.task.Engine.Type) == engine))
+
+
+def _announce(svc: Services, jobs: list[JobRecord], taken: int = 0) -> None:
     """Wake as many waiting polls of nodes with each job's engine as it has executions to take (all of them for
-    an ops or daemon job, whose executions are each bound to a node), and the polls that carry the stops of the
-    versions they replaced."""
+    an ops or daemon job, whose executions are each bound to a node), less the `taken` the submission claimed for
+    polls waiting here (of the first job's engine), and the polls that carry the stops of the versions they
+    replaced."""
     wanted: dict[str, int | None] = {}
     for job in jobs:
         engine = str(job.spec["Tasks"][0]["Engine"]["Type"])
         count = None if job.type in NODE_BOUND_TYPES else job.count
         before = wanted.get(engine, 0)
         wanted[engine] = None if before is None or count is None else before + count
+    if jobs and taken:
+        first = str(jobs[0].spec["Tasks"][0]["Engine"]["Type"])
+        wanted[first] = max(0, (wanted[first] or 0) - taken)
     for engine, count in wanted.items():
-        svc.work.notify(engines=[engine], count=count)
+        if count != 0:
+            svc.work.notify(engines=[engine], count=count)
     if any(job.version > 1 for job in jobs):
         svc.work.notify()
 

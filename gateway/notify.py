@@ -11,18 +11,44 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 log = logging.getLogger("shoal.gateway.notify")
 COALESCE = 64  # distinct wake-ups a relay sends at once; past that, one that wakes everything
 
 
 class Waiter:
-    """One waiting long-poll: the node it is for and the engines it runs."""
+    """One waiting long-poll: the node it is for, the engines it runs, and how much it may take (`limit` and
+    `slots`, as its claim would take them)."""
 
-    def __init__(self, node_id: str, engines: frozenset[str]) -> None:
-        self.node_id, self.engines = node_id, engines
+    def __init__(self, node_id: str, engines: frozenset[str], limit: int, slots: int | None) -> None:
+        self.node_id, self.engines, self.limit, self.slots = node_id, engines, limit, slots
         self.event = asyncio.Event()
         self.chain: _Chain | None = None  # the wake-up that woke it, to pass on when it found nothing
+        self._handoff: asyncio.Future[list[Any]] | None = None  # what a submission is claiming for it
+
+    def book(self) -> bool:
+        """Reserve it for a submission's claim (`WorkSignal.reserve`); False when one has already."""
+        if self._handoff is not None:
+            return False
+        self._handoff = asyncio.get_running_loop().create_future()
+        return True
+
+    def hand(self, claimed: list[Any]) -> None:
+        """What the submission that reserved it (`WorkSignal.reserve`) claimed for it; wakes it."""
+        if self._handoff is not None and not self._handoff.done():
+            self._handoff.set_result(claimed)
+        self.event.set()
+
+    async def handed(self) -> list[Any]:
+        """What a submission claimed for it since it last asked: once a submission has reserved it, whatever
+        else ended its wait, the poll answers with this (what was claimed is its node's now)."""
+        if self._handoff is None:
+            return []
+        try:
+            return await self._handoff
+        finally:
+            self._handoff = None
 
     def arm(self) -> None:
         """Before each look for work: a wake-up from now on ends the next wait."""
@@ -68,7 +94,8 @@ class WorkSignal:
     (`notify(engines=…, count=n)` wakes the n longest-waiting polls that run one of them, and each woken poll
     that finds nothing passes its turn on, so work that only some nodes may take still reaches them), or news
     for their node (`notify(nodes=…)`: a slot freed, an execution to cancel). `notify()` with neither wakes
-    every poll. Log followers take `current()` before they look, then wait on it; every notify sets it.
+    every poll. A submission may instead claim for polls waiting here in its own transaction (`reserve`). Log
+    followers take `current()` before they look, then wait on it; every notify sets it.
     """
 
     def __init__(self, channel: str) -> None:
@@ -81,14 +108,27 @@ class WorkSignal:
         return self._event
 
     @contextlib.contextmanager
-    def waiting(self, node_id: str, engines: Iterable[str]) -> Iterator[Waiter]:
-        waiter = Waiter(node_id, frozenset(engines))
+    def waiting(self, node_id: str, engines: Iterable[str], limit: int = 0,
+                slots: int | None = None) -> Iterator[Waiter]:
+        waiter = Waiter(node_id, frozenset(engines), limit, slots)
         self._waiters[waiter] = None
         try:
             yield waiter
         finally:
             del self._waiters[waiter]
             waiter.found_nothing()  # a wake-up it got but did not act on goes to the next one
+
+    def reserve(self, engine: str, count: int) -> list[Waiter]:
+        """Up to `count` polls waiting here that run `engine` and are not woken yet, longest waiting first, for a
+        submission to claim for in its own transaction and hand what it took (`Waiter.hand`, which it must call for
+        each, also when it fails): their answers need no transaction of their own."""
+        chosen: list[Waiter] = []
+        for waiter in self._waiters:
+            if len(chosen) == count:
+                break
+            if engine in waiter.engines and not waiter.event.is_set() and waiter.book():
+                chosen.append(waiter)
+        return chosen
 
     def notify(self, *, engines: Iterable[str] = (), count: int | None = None, nodes: Iterable[str] = ()) -> None:
         engines, nodes = sorted(set(engines)), sorted(set(nodes))

@@ -165,6 +165,14 @@ class Store:
         """`submit` for several jobs in one transaction, in their order: all of them are stored, or none (an error
         names the job as `Jobs[i]`). Each is a nanosecond or more younger than the one before: the queue takes
         them in their order."""
+        return self.submit_claiming(jobs, force=force, actor=actor)[0]
+
+    def submit_claiming(self, jobs: list[Job], *, force: bool = False, actor: str = "", batch: bool = True,
+                        claim_for: Sequence[tuple[str, int, int | None]] = ()) -> tuple[list[JobRecord],
+                                                                                          list[list[Claimed]]]:
+        """`submit_all` (or, unless `batch`, `submit` of the one job), then, in the same transaction, a claim for
+        each waiting poll of `claim_for` (its node, limit and slots), as the poll would claim when woken: the
+        poll answers with it, without a transaction of its own. Returns the jobs and each poll's claims."""
         now = now_ns()
         records = []
         with self._tx() as session:
@@ -173,8 +181,18 @@ class Store:
                 try:
                     records.append(self._submit(session, job, force, actor, now))
                 except BadRequest as exc:
+                    if not batch:
+                        raise
                     raise BadRequest(f"Jobs[{index}]: {exc.message}", hint=exc.hint) from None
-        return records
+            claims = [self._claim_for(session, node_id, limit, slots) for node_id, limit, slots in claim_for]
+        return records, claims
+
+    def _claim_for(self, session: Session, node_id: str, limit: int, slots: int | None) -> list[Claimed]:
+        try:
+            node = self._locked_node(session, node_id)
+        except Unauthorized:  # gone, or rejected, since its poll began: its poll finds out
+            return []
+        return self._claim(session, node, limit, slots)
 
     def _submit(self, session: Session, job: Job, force: bool, actor: str, now: int) -> JobRecord:
         spec = job.wire()

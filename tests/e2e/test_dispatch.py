@@ -8,7 +8,7 @@ import time
 import httpx
 
 from shoal.client import Client
-from tests.conftest import Cluster
+from tests.conftest import Cluster, wait_for
 from tests.fakes import NODE_INFO, WASM_JOB
 from tests.specs import wasm_job
 
@@ -93,3 +93,33 @@ def test_a_batch_submitted_through_the_client_runs_every_job_once(cluster: Clust
         [execution] = gateway.executions(answer["JobID"])
         assert execution["RunOutput"]["Stdout"] == f"{index}\n"
     assert time.monotonic() - started < POLL_SECONDS  # woken, not found by polls that ran out
+
+
+def test_a_submission_claims_for_a_waiting_poll_in_its_own_transaction(cluster: Cluster) -> None:
+    """The submission takes the execution for the poll waiting on its replica before it answers, and hands it
+    over: the poll answers with it at once, with no transaction of its own. A poll its node cannot serve (here,
+    one whose engine the job does not use) is left waiting."""
+    gateway = cluster.gateway(poll_seconds="10", lease_seconds="30")
+    nodes = [gateway.http.post("/api/v1/compute/register", json=NODE_INFO | {"Engines": [engine]}).json()
+             for engine in ("docker", "wasm")]
+
+    def poll(node: dict[str, str], engine: str) -> httpx.Response:  # its heartbeat leaves a label to wait for
+        body = NODE_INFO | {"Engines": [engine], "Labels": {"polling": "yes"}, "Slots": 2, "Wait": 4}
+        return httpx.post(f"{gateway.url}/api/v1/compute/poll", json=body, timeout=30,
+                          headers={"Authorization": f"Bearer {node['Credential']}"})
+
+    def waiting(node: dict[str, str]) -> bool:  # registered as waiting before its heartbeat's transaction
+        found = gateway.http.get(f"/api/v1/orchestrator/nodes/{node['NodeID']}").json()["Node"]
+        return found["Info"]["Labels"].get("polling") == "yes"
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        polls = [pool.submit(poll, node, engine) for node, engine in zip(nodes, ("docker", "wasm"), strict=True)]
+        wait_for(lambda: all(waiting(node) for node in nodes), timeout=10, what="the polls' heartbeats")
+        job_id = gateway.submit(WASM_JOB)
+        [execution] = gateway.executions(job_id)  # taken before the submission answered
+        assert execution["ComputeState"]["StateType"] == "BidAccepted"
+        assert execution["NodeID"] == nodes[1]["NodeID"]
+        answer = polls[1].result()
+        assert answer.status_code == 200, answer.text
+        assert [e["ExecutionID"] for e in answer.json()["Executions"]] == [execution["ID"]]
+        assert polls[0].result().status_code == 204  # the docker node's poll waited its time out

@@ -113,3 +113,28 @@ def test_a_waiting_poll_returns_when_woken_and_at_its_deadline(signal: WorkSigna
             assert not waiter.event.is_set()
 
     asyncio.run(scenario())
+
+
+def test_a_submission_reserves_waiting_polls_of_its_engine_and_hands_each_what_it_claimed(signal: WorkSignal) -> None:
+    async def scenario() -> None:
+        with ExitStack() as stack:
+            a, _, c, d = wait_all(signal, stack, ("a", ["wasm"]), ("b", ["docker"]), ("c", ["wasm"]),
+                                  ("d", ["wasm"]))
+            d.event.set()  # woken already: it looks for work itself
+            assert [w.node_id for w in signal.reserve("wasm", 5)] == ["a", "c"]  # longest waiting first
+            assert signal.reserve("wasm", 5) == []  # each is reserved for one submission at a time
+            a.hand(["claim-1"])
+            assert a.event.is_set()  # its wait ends
+            assert await a.handed() == ["claim-1"]
+            assert await a.handed() == []  # handed once
+            # whatever else ended its wait, a reserved poll waits for what the submission claims for it
+            pending = asyncio.ensure_future(c.handed())
+            await asyncio.sleep(0.01)
+            assert not pending.done()
+            c.hand([])  # the submission claimed nothing for it (or failed): its poll goes on as before
+            assert await pending == []
+            assert signal.reserve("wasm", 1) == []  # woken: its poll looks for work itself
+            a.arm()  # waits again
+            assert [w.node_id for w in signal.reserve("wasm", 1)] == ["a"]
+
+    asyncio.run(scenario())
