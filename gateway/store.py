@@ -158,8 +158,7 @@ class Store:
         """Store a validated job and schedule it. A spec whose Name exists in the namespace becomes that job's
         next version (its running executions are stopped); an unchanged spec is refused unless `force`. With an
         `actor`, the audit log records the submission in the same transaction."""
-        with self._tx() as session:
-            return self._submit(session, job, force, actor, now_ns())
+        return self.submit_claiming([job], force=force, actor=actor, batch=False)[0][0]
 
     def submit_all(self, jobs: list[Job], *, force: bool = False, actor: str = "") -> list[JobRecord]:
         """`submit` for several jobs in one transaction, in their order: all of them are stored, or none (an error
@@ -190,7 +189,7 @@ class Store:
     def _claim_for(self, session: Session, node_id: str, limit: int, slots: int | None) -> list[Claimed]:
         try:
             node = self._locked_node(session, node_id)
-        except Unauthorized:  # gone, or rejected, since its poll began: its poll finds out
+        except (Unauthorized, Forbidden):  # gone, or rejected, since its poll began: its poll finds out
             return []
         return self._claim(session, node, limit, slots)
 

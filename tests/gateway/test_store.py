@@ -204,6 +204,17 @@ def test_a_poll_that_says_its_slots_takes_only_what_they_leave_free(store: Store
     assert {e.compute_state for e in store.executions(job.id)} >= {ExecutionState.NEW}
 
 
+def test_a_submission_claims_for_waiting_polls_and_skips_a_node_gone_or_rejected_meanwhile(store: Store) -> None:
+    polling, rejected, gone = node(store), node(store), node(store)
+    store.set_membership(rejected.id, NodeMembership.REJECTED)
+    store.delete_node(gone.id)
+    [job], claims = store.submit_claiming(
+        [wasm(count=3)], claim_for=[(rejected.id, 1, 1), (polling.id, 2, 2), (gone.id, 1, 1)])
+    assert [[c.job.id for c in claimed] for claimed in claims] == [[], [job.id, job.id], []]
+    assert sorted(e.node_id or "" for e in store.executions(job.id)) == ["", polling.id, polling.id]
+    assert store.find_job("default", job.id).state == JobState.RUNNING
+
+
 @pytest.mark.skipif(not ON_POSTGRES, reason="row locks held by another transaction: PostgreSQL's (SQLite has one "
                                              "writer at a time, so a claim never meets them)")
 def test_a_claim_passes_over_what_another_claim_holds_and_takes_each_execution_once(store: Store,
