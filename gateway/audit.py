@@ -31,9 +31,7 @@ class AuditLog:
             return list(session.exec(query.order_by(col(AuditRecord.seq)).limit(limit)).all())
 
 
-
-
 def add(session: Session, actor: str, action: str, target: str, *, namespace: str = "", detail: str = "") -> None:
     """Write an entry in the session's transaction (`AuditLog.record`'s own, or one that writes what it records)."""
     direct.insert(session, AUDIT, [{"time": now_ns(), "actor": actor, "action": action, "target": target,
-                               "namespace": namespace, "detail": detail[:1024]}])
+                                    "namespace": namespace, "detail": detail[:1024]}])

@@ -120,12 +120,12 @@ async def poll(request: Request) -> Response:
             waiter.found_nothing()
             remaining = deadline - loop.time()
             # a wait that ends without a wake-up brought nothing new for it: its next poll looks first anyway
-            if remaining <= 0 or await request.is_disconnected() or not await waiter.wait(remaining):
-                claimed = await waiter.handed()
-                return _work(svc, claimed, []) if claimed else Response(status_code=204)
+            ended = remaining <= 0 or await request.is_disconnected() or not await waiter.wait(remaining)
             if claimed := await waiter.handed():
                 waiter.took_work()
                 return _work(svc, claimed, [])
+            if ended:
+                return Response(status_code=204)
             beat = False
 
 

@@ -133,15 +133,8 @@ def insert(db: Session | Connection, table: Table, rows: list[dict[str, Any]]) -
         _execute(db, plan.head + ", ".join([plan.row] * len(part)), tuple(values)).close()
 
 
-# (table's id, dialect, the rows' keys): the table (kept, so that its id stays its own) and the plan
-_INSERTS: dict[tuple[int, str, tuple[str, ...]], tuple[Table, _Insert | None]] = {}
-
-
 def _insert_plan(table: Table, dialect: Dialect, keys: tuple[str, ...]) -> _Insert | None:
-    key = (id(table), dialect.name, keys)
-    if key not in _INSERTS:
-        _INSERTS[key] = table, _planned(table, dialect, keys)
-    return _INSERTS[key][1]
+    return cast(_Insert | None, _kept(table, (dialect.name, keys), lambda: _planned(table, dialect, keys)))
 
 
 def _planned(table: Table, dialect: Dialect, keys: tuple[str, ...]) -> _Insert | None:
@@ -202,15 +195,20 @@ def _bind(compiled: _Compiled, values: dict[str, Any]) -> tuple[str, Any]:
     return text, values
 
 
-# (statement's id, dialect): the statement (kept, so that its id stays its own) and what it compiled to
-_CACHE: dict[tuple[int, str], tuple[Executable, _Compiled | None]] = {}
+# (a statement's or table's id, the dialect, …): the statement or table (kept, so that its id stays its own) and
+# what was made of it for that dialect
+_CACHE: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+
+def _kept(source: Any, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    full = (id(source), *key)
+    if full not in _CACHE:
+        _CACHE[full] = source, make()
+    return _CACHE[full][1]
 
 
 def _compile(statement: Executable, dialect: Dialect) -> _Compiled | None:
-    key = (id(statement), dialect.name)
-    if key not in _CACHE:
-        _CACHE[key] = statement, _compiled(statement, dialect)
-    return _CACHE[key][1]
+    return cast(_Compiled | None, _kept(statement, (dialect.name,), lambda: _compiled(statement, dialect)))
 
 
 def _compiled(statement: Executable, dialect: Dialect) -> _Compiled | None:

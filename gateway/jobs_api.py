@@ -49,13 +49,13 @@ async def submit(request: Request) -> JSONResponse:
             await run_in_threadpool(check_managed_inputs, svc, job)
     actor = principal(request).name
     handed = _reserve(svc, jobs)
-    claims: list[list[Any]] = []
+    claims: list[list[Any]] = [[] for _ in handed]  # what each reserved poll is handed, also when this fails
     try:
         records, claims = await run_in_threadpool(
             svc.store.submit_claiming, jobs, force=force, actor=actor, batch=batch,
             claim_for=[(waiter.node_id, waiter.limit, waiter.slots) for waiter in handed])
     finally:
-        for waiter, claimed in zip(handed, claims or [[]] * len(handed), strict=True):
+        for waiter, claimed in zip(handed, claims, strict=True):
             waiter.hand(claimed)
     _announce(svc, records, taken=sum(len(claimed) for claimed in claims))
     answers = [{"JobID": record.id, "JobVersion": record.version, "EvaluationID": "", "Warnings": warnings}

@@ -105,7 +105,7 @@ def test_inserts_write_what_sqlalchemy_writes_defaults_and_json_included(engine:
     """Rows inserted directly (600 events, in statements of at most 1,000 values) read back as the same rows
     inserted through SQLAlchemy, JSON and the defaults of the columns they leave out included."""
     job = Store(engine, lease_seconds=60, max_attempts=3, queue_timeout=3600).submit(wasm())
-    monkeypatch.setattr(direct, "_INSERTS", {})  # plans made afresh, for statements of at most 1,000 values
+    monkeypatch.setattr(direct, "_CACHE", {})  # plans made afresh, for statements of at most 1,000 values
     monkeypatch.setattr(direct, "_MOST_VALUES", {"sqlite": 1_000, "postgresql": 1_000})
     inserts: list[str] = []
     event.listen(engine, "before_cursor_execute",
