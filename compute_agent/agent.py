@@ -238,8 +238,10 @@ class Agent:
             if executor is None:
                 raise AgentError(f"this agent has no {run.engine} engine")
             run.create([(r["Name"], r["Path"]) for r in spec.get("ResultPaths") or []])
+            # a WASM entry module sent inline goes to the executor as it came: it is never a file of the task's
+            entry = str(run.params.get("EntryModule")) if run.engine == "wasm" else None
             await self._inputs.fetch_all(run, spec.get("InputSources") or [], partition=assignment["PartitionIndex"],
-                                         partitions=assignment["PartitionCount"])
+                                         partitions=assignment["PartitionCount"], in_memory=entry)
             published = (spec.get("Publisher") or {}).get("Type", "s3managed") == "s3managed"
             shipper = LogShipper(self._gateway, execution_id, {"stdout": run.stdout_path, "stderr": run.stderr_path})
             shipper.start()

@@ -64,14 +64,20 @@ class InputFetcher:
         return [*STORAGE_SOURCES, "local"] if self.allowed else list(STORAGE_SOURCES)
 
     async def fetch_all(self, run: TaskRun, sources: list[dict[str, Any]], *, partition: int = 0,
-                        partitions: int = 1) -> None:
+                        partitions: int = 1, in_memory: str | None = None) -> None:
+        """Fetch every input; an inline one whose target is `in_memory` goes to `run.in_memory`, not to a file."""
         for source in sources:
             kind = source["Source"]["Type"]
             params = source["Source"].get("Params") or {}
             target = source["Target"]
             host = run.inputs_dir / target.lstrip("/")
             if kind == "inline":
-                _write_inline(host, params["URL"], self.limit)
+                data = _inline(params["URL"], self.limit, target)
+                if target == in_memory:
+                    run.in_memory[target] = data
+                    continue
+                host.parent.mkdir(parents=True, exist_ok=True)
+                host.write_bytes(data)
             elif kind == "urlDownload":
                 await self._download(host, params["URL"], into_folder=True)
             elif kind == "managed":
@@ -183,15 +189,14 @@ def _s3_objects(client: Any, bucket: str, key: str, params: dict[str, Any]) -> d
     return found
 
 
-def _write_inline(path: Path, url: str, limit: int) -> None:
+def _inline(url: str, limit: int, target: str) -> bytes:
     header, sep, payload = url.partition(",")
     if not header.startswith("data:") or not sep:
-        raise InputError(f"inline input for {path.name} is not a data: URL")
+        raise InputError(f"inline input for {target} is not a data: URL")
     data = base64.b64decode(payload, validate=False) if header.endswith(";base64") else unquote_to_bytes(payload)
     if len(data) > limit:
         raise InputError(f"inline input is {len(data)} bytes, over the {limit}-byte limit")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    return data
 
 
 def _filename(response: httpx.Response, url: str) -> str:

@@ -1,7 +1,8 @@
 """An execution's folder on the agent: fetched inputs, the results dir, and what the executors mount.
 
     <data>/executions/<executionID>/
-        inputs/<Target path>        each input, laid out at its target path
+        inputs/<Target path>        each input, laid out at its target path (an inline WASM entry module is
+                                    kept in memory instead: TaskRun.in_memory)
         results/                    archived and uploaded as the execution's result
             stdout  stderr  <ResultPath.Name>/…
             exitCode                written once the task has run, when the results are published
@@ -35,6 +36,7 @@ class TaskRun:
     env: dict[str, str]
     root: Path
     inputs: list[Mount] = field(default_factory=list)
+    in_memory: dict[str, bytes] = field(default_factory=dict)  # inputs by target, handed over instead of saved
     outputs: list[Mount] = field(default_factory=list)
     timeout: float | None = None
     cpu: float = 0.0
@@ -66,8 +68,8 @@ class TaskRun:
         raise KeyError(target)
 
     def create(self, result_paths: list[tuple[str, str]]) -> None:
-        """Make the folders; `result_paths` are (Name, Path) pairs from the spec."""
-        self.inputs_dir.mkdir(parents=True, exist_ok=True)
+        """Make the results folders (an input makes the folders it is saved in); `result_paths` are (Name, Path)
+        pairs from the spec."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
         for name, path in result_paths:
             host = self.results_dir / name

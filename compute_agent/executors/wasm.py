@@ -61,7 +61,7 @@ class WasmExecutor:
 
     def _run(self, loaded: _Engine, task: TaskRun, cancel: threading.Event) -> int:
         engine = loaded.engine
-        module = self._module(loaded, _entry_module(task))
+        module = self._module(loaded, *_entry_module(task))
         watch = _Watch(task, engine, cancel)
         try:
             store = wasmtime.Store(engine)
@@ -89,14 +89,13 @@ class WasmExecutor:
         finally:
             watch.close()
 
-    def _module(self, loaded: _Engine, path: Path) -> wasmtime.Module:
+    def _module(self, loaded: _Engine, data: bytes, name: str) -> wasmtime.Module:
         """Compile once per digest; later runs use the module loaded into their engine, or load the compiled
         code into it."""
-        data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         module = loaded.modules.get(digest)
         if module is None:
-            module = self._load(loaded.engine, digest, data, path.name)
+            module = self._load(loaded.engine, digest, data, name)
             loaded.modules[digest] = module
             while len(loaded.modules) > _LOADED:
                 loaded.modules.popitem(last=False)
@@ -217,8 +216,11 @@ class _Watch:
             os.close(fd)
 
 
-def _entry_module(task: TaskRun) -> Path:
+def _entry_module(task: TaskRun) -> tuple[bytes, str]:
+    """The entry module's code and its file name."""
     target = str(task.params["EntryModule"])
+    if target in task.in_memory:
+        return task.in_memory[target], PurePosixPath(target).name
     try:
         path = task.input_at(target)
     except KeyError:
@@ -228,7 +230,7 @@ def _entry_module(task: TaskRun) -> Path:
         if len(files) != 1:
             raise ExecutorError(f"EntryModule {target} is a folder of {len(files)} files, not one module")
         path = files[0]
-    return path
+    return path.read_bytes(), path.name
 
 
 def _preopens(task: TaskRun) -> list[tuple[Path, str, bool]]:

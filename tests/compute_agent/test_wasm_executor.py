@@ -172,6 +172,15 @@ def test_an_entry_module_folder_of_one_file_is_run(executor: WasmExecutor, tmp_p
     assert task.stdout_path.read_text() == "from a folder\n"
 
 
+def test_an_entry_module_handed_over_in_memory_is_run_without_a_file(executor: WasmExecutor, tmp_path: Path) -> None:
+    task = make_task(tmp_path, "ls", "/app", files={"/app/data.txt": b"x"})
+    task.input_at(ENTRY).unlink()
+    task.inputs = [mount for mount in task.inputs if mount.target != ENTRY]
+    task.in_memory[ENTRY] = PROBE.read_bytes()
+    assert run(executor, task) == 0
+    assert outputs_of(task) == (b"data.txt\n", b"")
+
+
 @pytest.mark.parametrize(("module", "params", "message"), [
     (b"\x00asm not really", {}, "is not a valid WASM module"),
     (LOOP, {"EntryModule": "/elsewhere.wasm"}, "is not the target of any input"),
