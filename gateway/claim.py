@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, String, bindparam, exists, select, tuple_
+from sqlalchemy import Connection, Row, String, bindparam, exists, func, literal, select, tuple_
 
 from gateway import direct
 from gateway.models import (
@@ -33,6 +33,7 @@ from gateway.statements import ACTIVE_HERE
 BATCH = 256  # waiting executions looked at per query at most, oldest first
 MIN_BATCH = 4  # and at least
 MAX_BATCHES = 1024  # queries for them per claim at most (most pass over a job the node cannot run)
+HEADS = 64  # jobs whose first waiting execution one query finds, when a claim jumps past the jobs it passes over
 JUMP = 2**62  # a partition index past any: where a jump past a job's executions begins
 SCAN_LIMIT = 4096  # at most this many looked at per claim (which holds the write lock meanwhile on SQLite)
 ROUNDS = 8  # times a claim chooses again when claims on other replicas took what it chose (PostgreSQL)
@@ -194,9 +195,38 @@ class _Scan:
                 if execution.job_id in jobs and execution.job_id not in self.skipped:
                     yield execution, jobs[execution.job_id][1]
             last = batch[-1]
-            passed = last.job_id in self.skipped or (last.job_id, last.job_version) in never
-            after = (last.create_time, last.job_id, JUMP, "") if passed else _order(last)
+            if last.job_id in self.skipped or (last.job_id, last.job_version) in never:
+                after, crossed = self._next_job((last.create_time, last.job_id, JUMP, ""))
+                if after is None:
+                    return
+                scanned += crossed
+            else:
+                after = _order(last)
             size = min(max(size, MIN_BATCH), BATCH)
+
+    def _next_job(self, after: tuple[int, str, int, str]) -> tuple[tuple[int, str, int, str] | None, int]:
+        """Where the first job after `after` that the claim does not pass over begins (None: no other job waits),
+        and how many jobs it passed over to get there. Each engine's next jobs are found HEADS to a query, each job's
+        first waiting execution one index seek in the statement: a queue of many jobs the node cannot run is
+        crossed HEADS jobs a query, not one."""
+        starts, crossed = [], 0
+        for engine in self.node.engines:
+            place: tuple[int, str, int, str] | None = after
+            while place is not None and place[2] == JUMP and crossed < SCAN_LIMIT:
+                params = dict(zip(("time", "job", "partition", "id"), place, strict=True))
+                heads = direct.run(self.db, _HEADS, params | {"count": HEADS, "engine": engine})
+                place = None
+                for head in heads:
+                    if head.job_id not in self.skipped and (head.job_id, head.job_version) not in self.never:
+                        place = (head.create_time, head.job_id, -1, "")
+                        break
+                    crossed += 1
+                else:
+                    if len(heads) == HEADS:  # more may wait past them
+                        place = (heads[-1].create_time, heads[-1].job_id, JUMP, "")
+            if place is not None:
+                starts.append(place)
+        return min(starts, default=None), crossed
 
     def _batch(self, after: tuple[int, str, int, str] | None, size: int) -> list[Row[Any]]:
         """The first `size` waiting executions after `after`, of any of the node's engines: each engine's are
@@ -268,6 +298,35 @@ _WAITING = _waiting()
 _WAITING_AFTER = _WAITING.where(tuple_(*_QUEUE_ORDER) > tuple_(
     bindparam("time"), bindparam("job"), bindparam("partition"), bindparam("id")))
 
+
+def _heads() -> Any:
+    """The first waiting execution (its queue place and job version) of each of the next `count` jobs of one engine
+    after a place in the queue (the `time`, `job`, `partition` and `id` parameters), in queue order: a recursive
+    query, each step an index seek of `ix_executions_waiting` past the job before (one seek among that job's
+    create time, one past it: SQLite seeks a row value only against parameters). What else makes an execution one
+    the node may take is left to `_WAITING`, which reads from the job found on."""
+    step = EXECUTIONS.alias("step")
+    order = (step.c.create_time, step.c.job_id, step.c.partition_index, step.c.id)
+
+    def first(*where: Any) -> Any:
+        return (select(step.c.id)
+                .where(step.c.compute_state == ExecutionState.NEW, step.c.engine == bindparam("engine", type_=String),
+                       *where)
+                .order_by(*order).limit(1).scalar_subquery())
+
+    heads = select(first(tuple_(*order) > tuple_(*(bindparam(name) for name in ("time", "job", "partition", "id"))))
+                   .label("id"), literal(1).label("depth")).cte("heads", recursive=True)
+    found = EXECUTIONS.alias("found")
+    heads = heads.union_all(
+        select(func.coalesce(first(step.c.create_time == found.c.create_time, step.c.job_id > found.c.job_id),
+                             first(step.c.create_time > found.c.create_time)),
+               heads.c.depth + 1)
+        .where(found.c.id == heads.c.id, heads.c.depth < bindparam("count")))
+    return (select(EXECUTIONS.c.create_time, EXECUTIONS.c.job_id, EXECUTIONS.c.job_version)
+            .join_from(heads, EXECUTIONS, EXECUTIONS.c.id == heads.c.id).order_by(heads.c.depth))
+
+
+_HEADS = _heads()
 
 _OTHERS = select(NODES).where(
     NODES.c.id != bindparam("node"),

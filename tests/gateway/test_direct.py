@@ -47,6 +47,7 @@ def test_reads_give_the_rows_sqlalchemy_gives_with_json_booleans_and_expanding_l
         (claim._JOBS, {"ids": ids}),
         (claim._WAITING, {"node": node.id, "engine": "wasm", "size": 10}),
         (claim._USED, {"node": node.id}),
+        (claim._HEADS, {"engine": "wasm", "count": 5, "time": 0, "job": "", "partition": -1, "id": ""}),  # a CTE
     ]
     for statement, params in cases:
         expected = as_sqlalchemy(engine, statement, params)

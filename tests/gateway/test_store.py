@@ -176,6 +176,29 @@ def test_a_backlog_the_node_cannot_run_does_not_hide_newer_work(store: Store, ba
         store.complete(here.id, got[0].execution.id, RunOutcome(exit_code=0), published=False)
 
 
+def test_a_claim_crosses_jobs_it_passes_over_many_to_a_statement(store: Store, engine: Engine) -> None:
+    """Once a node has passed over jobs it can never run, a claim crosses them HEADS to a query (each job one index
+    seek in the statement), not one query each: with 300 such jobs ahead, a handful of statements, on every engine
+    of the node, in queue order."""
+    here = node(store, "docker", "wasm")
+    store.submit_all([constrained(3) for _ in range(150)])
+    for _ in range(150):
+        store.submit(constrained(2))
+    assert store.claim(here, 2) == []  # reads the constrained jobs once
+    wanted = [store.submit(make()).id for make in (wasm, docker)]
+    got, statements = executed(engine, lambda: store.claim(here, 2))
+    assert [c.execution.job_id for c in got] == wanted
+    assert len(statements) < 20, len(statements)
+    assert store.claim(here, 1) == []
+    if not ON_POSTGRES:  # every step of the recursive query is a seek of the claims index, never a scan
+        with engine.connect() as connection:
+            heads = next((s, p) for s, p in statements if s.startswith("WITH RECURSIVE heads"))
+            steps = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + heads[0], heads[1])
+                     if " step " in row[3]]
+        assert len(steps) == 3 and all(plan.startswith("SEARCH step USING COVERING INDEX ix_executions_waiting (")
+                                       for plan in steps), steps
+
+
 def test_a_completion_that_says_the_slots_fills_the_one_it_frees(store: Store) -> None:
     job = store.submit(wasm(count=4))
     here = node(store)
