@@ -176,8 +176,8 @@ class _Scan:
         none of the jobs in `skipped` (which `pick` adds to), of the job versions in `never`, nor the executions in
         `seen`. They are read as many at a time as the claim wants (at most BATCH), then, once it passes over some,
         at least MIN_BATCH at a time (at most MAX_BATCHES times), with the jobs of each batch not read before. A job
-        passed over is jumped: the next batch begins past the executions it created with the one met, in one index
-        seek, however many they are."""
+        passed over is jumped, however many executions it has: the next batch begins at the next job not passed
+        over (`_next_job`)."""
         size = min(size, BATCH)
         after: tuple[int, str, int, str] | None = None
         scanned = 0
