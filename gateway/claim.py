@@ -195,7 +195,7 @@ class _Scan:
                 if execution.job_id in jobs and execution.job_id not in self.skipped:
                     yield execution, jobs[execution.job_id][1]
             last = batch[-1]
-            if last.job_id in self.skipped or (last.job_id, last.job_version) in never:
+            if self._passed(last):
                 after, crossed = self._next_job((last.create_time, last.job_id, JUMP, ""))
                 if after is None:
                     return
@@ -203,6 +203,10 @@ class _Scan:
             else:
                 after = _order(last)
             size = min(max(size, MIN_BATCH), BATCH)
+
+    def _passed(self, execution: Row[Any]) -> bool:
+        """Whether the claim passes over the job of `execution` (a row with its job's ID and version)."""
+        return execution.job_id in self.skipped or (execution.job_id, execution.job_version) in self.never
 
     def _next_job(self, after: tuple[int, str, int, str]) -> tuple[tuple[int, str, int, str] | None, int]:
         """Where the first job after `after` that the claim does not pass over begins (None: no other job waits),
@@ -213,11 +217,10 @@ class _Scan:
         for engine in self.node.engines:
             place: tuple[int, str, int, str] | None = after
             while place is not None and place[2] == JUMP and crossed < SCAN_LIMIT:
-                params = dict(zip(("time", "job", "partition", "id"), place, strict=True))
-                heads = direct.run(self.db, _HEADS, params | {"count": HEADS, "engine": engine})
+                heads = direct.run(self.db, _HEADS, _at(place) | {"count": HEADS, "engine": engine})
                 place = None
                 for head in heads:
-                    if head.job_id not in self.skipped and (head.job_id, head.job_version) not in self.never:
+                    if not self._passed(head):
                         place = (head.create_time, head.job_id, -1, "")
                         break
                     crossed += 1
@@ -234,7 +237,7 @@ class _Scan:
         query = _WAITING if after is None else _WAITING_AFTER
         params: dict[str, Any] = {"node": self.node.id, "size": size}
         if after is not None:
-            params |= dict(zip(("time", "job", "partition", "id"), after, strict=True))
+            params |= _at(after)
         read: Callable[[Connection, Any, dict[str, Any]], list[Any]] = direct.run
         if self.seen:  # a statement of its own (PostgreSQL, when claims elsewhere took what this one chose), which
             query = query.where(EXECUTIONS.c.id.not_in(self.seen))  # `direct` would compile and keep for good
@@ -246,6 +249,14 @@ class _Scan:
 
 def _through_sqlalchemy(db: Connection, query: Any, params: dict[str, Any]) -> list[Any]:
     return list(db.execute(query, params).all())
+
+
+_PLACE = ("time", "job", "partition", "id")  # the parameters of a place in the queue, in the order of `_order`
+
+
+def _at(place: tuple[int, str, int, str]) -> dict[str, Any]:
+    """A place in the queue as the parameters of `_WAITING_AFTER` and `_HEADS`."""
+    return dict(zip(_PLACE, place, strict=True))
 
 
 def _order(execution: Row[Any]) -> tuple[int, str, int, str]:
@@ -295,8 +306,7 @@ def _waiting() -> Any:
 
 _QUEUE_ORDER = (EXECUTIONS.c.create_time, EXECUTIONS.c.job_id, EXECUTIONS.c.partition_index, EXECUTIONS.c.id)
 _WAITING = _waiting()
-_WAITING_AFTER = _WAITING.where(tuple_(*_QUEUE_ORDER) > tuple_(
-    bindparam("time"), bindparam("job"), bindparam("partition"), bindparam("id")))
+_WAITING_AFTER = _WAITING.where(tuple_(*_QUEUE_ORDER) > tuple_(*(bindparam(name) for name in _PLACE)))
 
 
 def _heads() -> Any:
@@ -314,7 +324,7 @@ def _heads() -> Any:
                        *where)
                 .order_by(*order).limit(1).scalar_subquery())
 
-    heads = select(first(tuple_(*order) > tuple_(*(bindparam(name) for name in ("time", "job", "partition", "id"))))
+    heads = select(first(tuple_(*order) > tuple_(*(bindparam(name) for name in _PLACE)))
                    .label("id"), literal(1).label("depth")).cte("heads", recursive=True)
     found = EXECUTIONS.alias("found")
     heads = heads.union_all(
