@@ -136,7 +136,7 @@ def _read(body: bytes, *, bare: bool) -> tuple[list[Any], bool, bool]:
 def _parse(spec: Any, where: str = "") -> tuple[Job, list[str]]:
     """A validated job and its warnings; an error names the field, within `where` (e.g. `Jobs[2]`)."""
     try:
-        return parse_job(spec)
+        return parse_job(spec, checked=True)
     except SpecError as exc:
         field = ".".join(part for part in (where, exc.field) if part)
         raise BadRequest(f"{field}: {exc.message}" if field else exc.message) from None

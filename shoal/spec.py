@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shoal.documents import check_document
 from shoal.errors import SpecError
@@ -68,9 +68,10 @@ class SpecModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fold_keys(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
+        fields = cls.model_fields
+        if not isinstance(data, dict) or all(key in fields for key in data):  # as Bacalhau writes it: kept
             return data
-        names = {name.lower(): name for name in cls.model_fields}
+        names = {name.lower(): name for name in fields}
         return {names.get(str(key).lower(), key): value for key, value in data.items()}
 
 
@@ -79,7 +80,7 @@ M = TypeVar("M", bound=SpecModel)
 
 class SpecConfig(SpecModel):
     Type: str
-    Params: dict[str, Any] = {}
+    Params: dict[str, Any] = Field(default_factory=dict)
 
     def is_type(self, name: str) -> bool:
         return self.Type.strip().lower() == name.lower()
@@ -107,7 +108,7 @@ class S3Source(SpecModel):
     Endpoint: str = ""
     VersionID: str = ""
     ChecksumSHA256: str = ""
-    Partition: S3Partition = S3Partition()
+    Partition: S3Partition = Field(default_factory=S3Partition)
 
 
 class LocalSource(SpecModel):
@@ -133,7 +134,7 @@ class ResourcesConfig(SpecModel):
 
 class NetworkConfig(SpecModel):
     Type: str = "None"
-    Domains: list[str] = []
+    Domains: list[str] = Field(default_factory=list)
 
 
 class TimeoutConfig(SpecModel):
@@ -146,34 +147,34 @@ class Task(SpecModel):
     Name: str = "main"
     Engine: SpecConfig
     Publisher: SpecConfig | None = None
-    Env: dict[str, str] = {}
-    Meta: dict[str, str] = {}
-    InputSources: list[InputSource] = []
-    ResultPaths: list[ResultPath] = []
-    Resources: ResourcesConfig = ResourcesConfig()
-    Network: NetworkConfig = NetworkConfig()
-    Timeouts: TimeoutConfig = TimeoutConfig()
+    Env: dict[str, str] = Field(default_factory=dict)
+    Meta: dict[str, str] = Field(default_factory=dict)
+    InputSources: list[InputSource] = Field(default_factory=list)
+    ResultPaths: list[ResultPath] = Field(default_factory=list)
+    Resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    Network: NetworkConfig = Field(default_factory=NetworkConfig)
+    Timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
 
 
 class Constraint(SpecModel):
     Key: str
     Operator: str
-    Values: list[str] = []
+    Values: list[str] = Field(default_factory=list)
 
 
 class DockerParams(SpecModel):
     Image: str
-    Entrypoint: list[str] = []
-    Parameters: list[str] = []
-    EnvironmentVariables: list[str] = []
+    Entrypoint: list[str] = Field(default_factory=list)
+    Parameters: list[str] = Field(default_factory=list)
+    EnvironmentVariables: list[str] = Field(default_factory=list)
     WorkingDirectory: str = ""
 
 
 class WasmParams(SpecModel):
     EntryModule: str
     Entrypoint: str = "_start"
-    Parameters: list[str] = []
-    ImportModules: list[str] = []
+    Parameters: list[str] = Field(default_factory=list)
+    ImportModules: list[str] = Field(default_factory=list)
 
 
 class Job(SpecModel):
@@ -182,9 +183,9 @@ class Job(SpecModel):
     Type: str = JobType.BATCH
     Priority: int = 0
     Count: int | None = None
-    Constraints: list[Constraint] = []
-    Labels: dict[str, str] = {}
-    Meta: dict[str, str] = {}
+    Constraints: list[Constraint] = Field(default_factory=list)
+    Labels: dict[str, str] = Field(default_factory=dict)
+    Meta: dict[str, str] = Field(default_factory=dict)
     Tasks: list[Task]
 
     @property
@@ -196,11 +197,13 @@ class Job(SpecModel):
         return self.model_dump(mode="json")
 
 
-def parse_job(data: Any) -> tuple[Job, list[str]]:
-    """Validate a job spec mapping; returns the job (defaults filled in) and submission warnings."""
+def parse_job(data: Any, *, checked: bool = False) -> tuple[Job, list[str]]:
+    """Validate a job spec mapping; returns the job (defaults filled in) and submission warnings. `checked`: the
+    mapping comes from `load_document`, which has checked its values already."""
     if not isinstance(data, dict):
         raise SpecError("", "the spec must be a mapping with Type and Tasks")
-    check_document(data)
+    if not checked:
+        check_document(data)
     data = dict(data)
     warnings = []
     for ignored in ("ID", "State", "Version", "Revision", "CreateTime", "ModifyTime"):
