@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import Coroutine
@@ -80,14 +79,16 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config_file
     settings = Settings.from_env(host=host, port=port, data_dir=data_dir, config=config_file)
 
     async def main() -> None:
+        from gateway import gc_freezer
+
         server = _uvicorn_server(settings)
-        # What exists now (modules, the app) lives as long as the process: the collector's full passes, which
-        # with 1,000 agents' polls waiting held the gateway for 90-190 ms each, no longer walk it.
-        gc.collect()
-        gc.freeze()
+        freezer = asyncio.create_task(gc_freezer.run_forever())
         _stop_on_signals(lambda: setattr(server, "should_exit", True))
         click.echo(f"Shoal gateway on {settings.base_url} (data in {settings.data_dir})", err=True)
-        await server.serve()
+        try:
+            await server.serve()
+        finally:
+            freezer.cancel()
 
     _run(main())
 

@@ -1,0 +1,53 @@
+"""The gateway freezes what has lived a while out of the collector's full passes, and thaws and collects it all
+from time to time, so that garbage in reference cycles is still freed."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import weakref
+from collections.abc import Callable
+
+import pytest
+
+from gateway import gc_freezer
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def _frozen(obj: object) -> bool:
+    return gc.is_tracked(obj) and not any(tracked is obj for tracked in gc.get_objects())
+
+
+def test_a_frozen_cycle_outlives_full_passes_until_everything_is_thawed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gc_freezer, "FREEZE_SECONDS", 0.02)
+    monkeypatch.setattr(gc_freezer, "THAW_SECONDS", 3600.0)
+
+    async def scenario() -> None:
+        freezer = asyncio.create_task(gc_freezer.run_forever())
+        try:
+            cycle = _Cycle()
+            gone = weakref.ref(cycle)
+            await _until(lambda: _frozen(cycle), "the new object to be frozen")
+            del cycle
+            gc.collect()
+            assert gone() is not None, "a full pass walked a frozen object"
+            monkeypatch.setattr(gc_freezer, "THAW_SECONDS", 0.0)
+            await _until(lambda: gone() is None, "the thaw to collect the cycle")
+        finally:
+            freezer.cancel()
+            gc.unfreeze()
+
+    asyncio.run(scenario())
