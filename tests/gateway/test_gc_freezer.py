@@ -38,10 +38,10 @@ def test_a_frozen_cycle_outlives_full_passes_until_everything_is_thawed(monkeypa
     async def scenario() -> None:
         freezer = asyncio.create_task(gc_freezer.run_forever())
         try:
-            cycle = _Cycle()
-            gone = weakref.ref(cycle)
-            await _until(lambda: _frozen(cycle), "the new object to be frozen")
-            del cycle
+            held = [_Cycle()]
+            gone = weakref.ref(held[0])
+            await _until(lambda: _frozen(held[0]), "the new object to be frozen")
+            held.clear()
             gc.collect()
             assert gone() is not None, "a full pass walked a frozen object"
             monkeypatch.setattr(gc_freezer, "THAW_SECONDS", 0.0)
