@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -42,6 +43,15 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: f
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
+
+
+async def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """`wait_for` inside an event loop: the loop runs while it waits."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def shoal_command(*args: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from compute_agent.gateway_client import GatewayClient
 from compute_agent.log_shipping import MAX_CHUNK, MAX_INLINE, LogShipper
 from tests.compute_agent.http_recorder import Recorded, RecordingServer, Reply
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,14 +48,6 @@ def reassemble(chunks: list[tuple[int, str]]) -> str:
             assert text[offset:] == data[: len(text) - offset], "a resent chunk differs from the first"
             text = text[:offset] + data
     return text
-
-
-async def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def append(path: Path, data: bytes) -> None:

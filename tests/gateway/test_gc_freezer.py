@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import weakref
-from collections.abc import Callable
 
 import pytest
 
 from gateway import gc_freezer
+from tests.conftest import wait_until
 
 
 class _Cycle:
     def __init__(self) -> None:
         self.me = self
-
-
-async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def _frozen(obj: object) -> bool:
@@ -40,12 +31,12 @@ def test_a_frozen_cycle_outlives_full_passes_until_everything_is_thawed(monkeypa
         try:
             held = [_Cycle()]
             gone = weakref.ref(held[0])
-            await _until(lambda: _frozen(held[0]), "the new object to be frozen")
+            await wait_until(lambda: _frozen(held[0]), "the new object to be frozen")
             held.clear()
             gc.collect()
             assert gone() is not None, "a full pass walked a frozen object"
             monkeypatch.setattr(gc_freezer, "THAW_SECONDS", 0.0)
-            await _until(lambda: gone() is None, "the thaw to collect the cycle")
+            await wait_until(lambda: gone() is None, "the thaw to collect the cycle")
         finally:
             freezer.cancel()
             gc.unfreeze()
