@@ -8,10 +8,10 @@ pollers is within 2x of the figure with none.
 One `shoal serve` (SQLite, defaults) and one real `shoal agent` (wasm, `--max-executions 1`) on 127.0.0.1, as
 in dispatch.py. The idle agents are not N `shoal agent` processes (they would not fit on the machine) but ONE
 helper process (this script re-invoked with `--poller-helper URL`) that speaks the agent API over HTTP with
-asyncio + httpx: it registers N nodes (`POST /api/v1/compute/register`, open mode: no join token), then keeps
-each in a long-poll (`POST /api/v1/compute/poll` with the node's info, `FreeSlots` 1, `Wait` 20 s, as
-GatewayClient sends it) and polls again as soon as an answer comes, as the agent does. Its nodes offer only the
-`docker` engine, so they can never take the benchmark's WASM jobs; every submission still wakes their polls.
+asyncio + aiohttp, as the agent does: it registers N nodes (`POST /api/v1/compute/register`, open mode: no join
+token), then keeps each in a long-poll (`POST /api/v1/compute/poll` with the node's info, `FreeSlots` 1, `Wait`
+20 s) and polls again as soon as an answer comes. Its nodes offer only the
+`docker` engine, so they can never take the benchmark's WASM jobs (whose submissions wake only WASM polls).
 
 Phases, one gateway throughout: (1) dispatch latency with 0 idle pollers (the baseline); (2) the helper
 registers and starts N pollers; the benchmark waits until N polls are outstanding, the gateway's CPU has settled
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from dispatch import WARMUP_JOBS, latency_figures, one_latency_job
 from harness import RESULTS, BenchError, CpuWatch, Stack, child_env, machine, stack, wait_for, write_json
 from scale import (
@@ -129,23 +129,24 @@ def write_status(path: Path, stats: PollerStats) -> None:
     os.replace(partial, path)
 
 
-async def register_one(client: httpx.AsyncClient, index: int, gate: asyncio.Semaphore,
+async def register_one(client: aiohttp.ClientSession, index: int, gate: asyncio.Semaphore,
                        stats: PollerStats) -> str | None:
     """Register idle node `index`; its credential (None when the gateway refused)."""
     async with gate:
         try:
-            response = await client.post(COMPUTE + "/register", json=node_info(f"idle-{index}", IDLE_ENGINES))
-        except httpx.HTTPError as exc:
+            async with client.post(COMPUTE + "/register", json=node_info(f"idle-{index}", IDLE_ENGINES)) as response:
+                status, text = response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             stats.register_errors.append(f"{type(exc).__name__}: {exc}"[:200])
             return None
-    if response.status_code != 200:
-        stats.register_errors.append(f"{response.status_code}: {response.text[:200]}")
+    if status != 200:
+        stats.register_errors.append(f"{status}: {text[:200]}")
         return None
     stats.registered += 1
-    return str(response.json()["Credential"])
+    return str(json.loads(text)["Credential"])
 
 
-async def keep_polling(client: httpx.AsyncClient, index: int, credential: str, stats: PollerStats,
+async def keep_polling(client: aiohttp.ClientSession, index: int, credential: str, stats: PollerStats,
                        stopping: asyncio.Event) -> None:
     """One idle node's loop: long-poll, and poll again as soon as the answer comes (after an error, in 1 s)."""
     headers = {"Authorization": f"Bearer {credential}"}
@@ -155,28 +156,30 @@ async def keep_polling(client: httpx.AsyncClient, index: int, credential: str, s
         stats.sent()
         began = loop.time()
         try:
-            response = await client.post(COMPUTE + "/poll", json=body, headers=headers)
-        except httpx.HTTPError as exc:
+            async with client.post(COMPUTE + "/poll", json=body, headers=headers) as response:
+                status, text = response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             stats.answered("error", loop.time() - began)
             stats.error(f"{type(exc).__name__}: {exc}"[:200])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), 1.0)
             continue
-        stats.answered(str(response.status_code), loop.time() - began)
-        if response.status_code == 200:
-            await give_back(client, headers, response.json(), stats)
-        elif response.status_code != 204:
-            stats.error(f"poll {response.status_code}: {response.text[:200]}")
+        stats.answered(str(status), loop.time() - began)
+        if status == 200:
+            await give_back(client, headers, json.loads(text), stats)
+        elif status != 204:
+            stats.error(f"poll {status}: {text[:200]}")
 
 
-async def give_back(client: httpx.AsyncClient, headers: dict[str, str], body: dict[str, Any],
+async def give_back(client: aiohttp.ClientSession, headers: dict[str, str], body: dict[str, Any],
                     stats: PollerStats) -> None:
     """An idle node should never get work; if it does, count it and hand it back (fail → rescheduled)."""
     for assignment in body.get("Executions") or []:
         stats.unexpected_work += 1
-        with contextlib.suppress(httpx.HTTPError):
-            await client.post(f"{COMPUTE}/executions/{assignment['ExecutionID']}/fail", headers=headers,
-                              json={"Message": "idle benchmark node"})
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with client.post(f"{COMPUTE}/executions/{assignment['ExecutionID']}/fail", headers=headers,
+                                   json={"Message": "idle benchmark node"}) as response:
+                await response.read()
 
 
 async def report(path: Path, stats: PollerStats, stopping: asyncio.Event) -> None:
@@ -193,10 +196,12 @@ async def run_pollers(gateway: str, count: int, wait: float, status: Path) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    limits = httpx.Limits(max_connections=count + 64, max_keepalive_connections=count + 64)
-    timeout = httpx.Timeout(30.0, read=wait + 30.0)
+    # aiohttp, as the agent's GatewayClient: httpx's pool looks through all its connections for each request,
+    # which with 1,000 of them took most of a core of the machine the gateway runs on
+    connector = aiohttp.TCPConnector(limit=count + 64)
+    timeout = aiohttp.ClientTimeout(total=wait + 30.0, connect=30.0)
     reporter = asyncio.create_task(report(status, stats, stopping))
-    async with httpx.AsyncClient(base_url=gateway, limits=limits, timeout=timeout, trust_env=False) as client:
+    async with aiohttp.ClientSession(base_url=gateway, connector=connector, timeout=timeout) as client:
         gate = asyncio.Semaphore(REGISTER_CONCURRENCY)
         began = time.monotonic()
         credentials = await asyncio.gather(*(register_one(client, i, gate, stats) for i in range(count)))

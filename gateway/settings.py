@@ -53,6 +53,13 @@ class Settings:
             raise ConfigurationError("the lease must be at least three long-poll periods")
 
     @property
+    def idle_heartbeat_seconds(self) -> float:
+        """How old a node's heartbeat may grow before an idle poll writes it: a quarter of the time from one
+        long-poll to the disconnection is left as the margin (with the defaults, 30 s: one idle poll in two
+        writes, and a heartbeat is never more than 50 s old)."""
+        return max(0.0, (self.disconnect_seconds - self.poll_seconds) * 3 / 4)
+
+    @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'shoal.db'}"
 

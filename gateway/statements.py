@@ -33,8 +33,10 @@ def new(values: dict[str, Any]) -> dict[str, Any]:
     return {f"new_{name}": value for name, value in values.items()}
 
 
+NODE_SEEN = select(NODES).where(NODES.c.id == bindparam("node"))  # read only
+ANY_WAITING = select(EXECUTIONS.c.id).where(EXECUTIONS.c.compute_state == ExecutionState.NEW).limit(1)
 # rows read and locked (FOR UPDATE on PostgreSQL; SQLite's transaction holds the write lock already)
-NODE = select(NODES).where(NODES.c.id == bindparam("node")).with_for_update()
+NODE = NODE_SEEN.with_for_update()
 JOB_OF = select(JOBS, JOB_SPEC).where(JOBS.c.id == select(EXECUTIONS.c.job_id).where(
     EXECUTIONS.c.id == bindparam("execution")).scalar_subquery()).with_for_update()  # an execution's job
 EXECUTION = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("execution")).with_for_update()

@@ -99,8 +99,10 @@ class Store:
     """Jobs, executions and nodes in SQL; `lease_seconds` and `max_attempts` come from the settings."""
 
     def __init__(self, engine: Engine, *, lease_seconds: float, max_attempts: int, manual_approval: bool = False,
-                 default_cpu: str = "500m", default_memory: str = "512Mb", queue_timeout: int = 0) -> None:
+                 default_cpu: str = "500m", default_memory: str = "512Mb", queue_timeout: int = 0,
+                 heartbeat_seconds: float = 0.0) -> None:
         self.engine = engine
+        self.heartbeat_ns = int(heartbeat_seconds * 1e9)  # how old a heartbeat an idle poll may leave as it is
         self.manual_approval = manual_approval
         self.default_cpu, self.default_memory = default_cpu, default_memory
         self.default_queue_timeout = queue_timeout
@@ -498,7 +500,11 @@ class Store:
              beat: bool = True, info: NodeInfo | None = None,
              free_slots: int = 0) -> tuple[NodeRecord, list[str], list[Claimed]]:
         """What a poll does, in one transaction: the heartbeat (when `beat`), the executions the node should
-        stop (`stopped_among`) and the ones it takes now (`claim`)."""
+        stop (`stopped_among`) and the ones it takes now (`claim`). An idle poll that would write nothing but the
+        heartbeat's time, while that is recent, only reads (`_quiet`)."""
+        if beat and not running and (node := self._quiet(node_id, info, free_slots)) is not None:
+            self._remember(node)
+            return node, [], []
         with self._tx() as session:
             db = session.connection()
             node = self._heartbeat(session, node_id, info, running, free_slots, now_ns()) if beat else \
@@ -511,6 +517,30 @@ class Store:
             claimed = self._claim(session, node, limit, slots)
         self._remember(node)  # as it is now: an agent's next calls need not read it
         return node, cancel, claimed
+
+    def _quiet(self, node_id: str, info: NodeInfo | None, free_slots: int) -> NodeRecord | None:
+        """The node, when a poll from it that runs nothing would change nothing: it is connected, says what its row
+        says, its heartbeat is younger than `heartbeat_ns`, it has nothing to stop and no execution waits anywhere.
+        Else None, and the poll writes. Idle nodes' polls then take no write lock (SQLite has one writer at a time:
+        each such poll would hold up submissions and completions), and a node's heartbeat is written at least
+        every `heartbeat_ns` plus one long-poll."""
+        with self._read() as session:
+            db = session.connection()
+            found = direct.run(db, sql.NODE_SEEN, {"node": node_id}).first()
+            if found is None:
+                return None
+            node = from_row(NodeRecord, found._mapping)
+            if node.connection != NodeConnection.CONNECTED or node.free_slots != free_slots or \
+                    now_ns() - node.last_heartbeat >= self.heartbeat_ns:
+                return None
+            if info is not None:
+                told = from_row(NodeRecord, found._mapping)
+                _apply_info(told, info)
+                if any(getattr(told, name) != getattr(node, name) for name in sql.BEAT_COLUMNS):
+                    return None
+            if direct.run(db, sql.ANY_WAITING).first() or direct.run(db, sql.TO_STOP_HERE, {"node": node_id}).first():
+                return None
+        return _admitted(node)
 
     @staticmethod
     def _locked_node(db: Session | Connection, node_id: str) -> NodeRecord:

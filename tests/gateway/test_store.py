@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from sqlmodel import Session, col, select
 
 from compute_agent.inputs import STORAGE_SOURCES
 from gateway import history
+from gateway import statements as sql
 from gateway.db import make_engine
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobState, NodeConnection, NodeMembership
@@ -605,6 +607,55 @@ def test_heartbeat_marks_the_node_connected_and_updates_its_info(store: Store) -
     assert (stored.name, stored.engines, stored.labels) == ("renamed", ["docker", "wasm"], {"zone": "a"})
     with pytest.raises(Unauthorized):
         store.heartbeat("n-nobody", None, [])
+
+
+def test_an_idle_poll_with_a_recent_heartbeat_only_reads(engine: Engine) -> None:
+    """Such a poll takes no write lock (it answers while another transaction holds it) and leaves the heartbeat as
+    it is; one that has something to write (a stale heartbeat, new info or free slots, work waiting) writes."""
+    store = Store(engine, lease_seconds=60, max_attempts=3, queue_timeout=3600, heartbeat_seconds=60)
+    a = node(store)
+    info = NodeInfo(engines=["wasm"], publishers=["s3managed"], storage_sources=STORAGE_SOURCES)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        with store._tx() as session:  # a writer that takes its time, holding the node's row (PostgreSQL) too
+            session.connection().execute(sql.NODE, {"node": a.id})
+            holding.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=hold_the_write_lock)
+    writer.start()
+    try:
+        assert holding.wait(10)
+        answered: list[Any] = []
+        poller = threading.Thread(target=lambda: answered.append(store.poll(a.id, [], limit=1, info=info)))
+        poller.start()
+        poller.join(10)
+        assert answered, "an idle poll waited for another transaction's write lock"
+    finally:
+        release.set()
+        writer.join()
+    [stored] = store.nodes()
+    assert answered[0][0].last_heartbeat == stored.last_heartbeat == a.last_heartbeat
+
+    store.poll(a.id, [], limit=1, info=dataclasses.replace(info, labels={"zone": "b"}))
+    [stored] = store.nodes()
+    assert stored.labels == {"zone": "b"} and stored.last_heartbeat > a.last_heartbeat
+    store.poll(a.id, [], limit=1, free_slots=2)
+    assert store.nodes()[0].free_slots == 2
+    job = store.submit(wasm())
+    [claimed] = store.poll(a.id, [], limit=1, free_slots=2)[2]
+    assert claimed.job.id == job.id
+
+    stale = Store(engine, lease_seconds=60, max_attempts=3, heartbeat_seconds=0.05)
+    before = store.nodes()[0].last_heartbeat
+    wait_for(lambda: time.time_ns() > before + 10**8, timeout=5, what="the heartbeat to age")
+    stale.poll(a.id, [claimed.execution.id], limit=0, free_slots=2)  # it runs something: written
+    after = store.nodes()[0].last_heartbeat
+    assert after > before
+    wait_for(lambda: time.time_ns() > after + 10**8, timeout=5, what="the heartbeat to age")
+    stale.poll(a.id, [], limit=0, free_slots=2)
+    assert store.nodes()[0].last_heartbeat > after
 
 
 def test_silent_nodes_are_disconnected(store: Store) -> None:
