@@ -1,7 +1,8 @@
 """Input fetchers. Each input is shown to the task at its Target:
 
 - `inline` (a data: URL) and `managed` (an upload, fetched through the presigned GET the gateway adds to the
-  assignment as `URL`) are one file, saved at `Target`;
+  assignment as `URL`) are one file, saved at `Target`; a small managed input is kept in memory by its SHA-256
+  (`InputCache`), so that jobs that use it again do not download it again;
 - `urlDownload` saves `<Target>/<filename>`;
 - `s3` lists `Key` (a key, or a prefix when it ends in `/` or `*`), keeps keys matching `Filter` and this
   partition's share, and saves each object under `Target` by its path after the key's last `/`, with the
@@ -17,6 +18,7 @@ import base64
 import hashlib
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,8 @@ from compute_agent.errors import InputError
 from compute_agent.workspace import Mount, TaskRun
 
 ATTEMPTS = 3
+CACHE_BYTES = 32 << 20  # managed inputs kept in memory, in all
+CACHE_ITEM_BYTES = 8 << 20  # and each at most
 STORAGE_SOURCES = ("inline", "urlDownload", "managed", "s3")  # and `local` where paths are allow-listed
 
 
@@ -51,13 +55,42 @@ class AllowedPath:
         return cls(Path(os.path.realpath(path)), mode == "rw")
 
 
+class InputCache:
+    """Managed inputs by their SHA-256 (which the gateway recorded when they were uploaded, and each download is
+    checked against), the most recently used last, up to `max_bytes` in all and `item_bytes` each."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES, item_bytes: int = CACHE_ITEM_BYTES) -> None:
+        self.max_bytes, self.item_bytes = max_bytes, item_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, sha256: str) -> bytes | None:
+        data = self._items.get(sha256)
+        if data is not None:
+            self._items.move_to_end(sha256)
+        return data
+
+    def wants(self, sha256: str, size: int | None) -> bool:
+        return bool(sha256) and size is not None and size <= self.item_bytes and sha256 not in self._items
+
+    def put(self, sha256: str, data: bytes) -> None:
+        if not self.wants(sha256, len(data)):
+            return
+        self._items[sha256] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes:
+            self._bytes -= len(self._items.popitem(last=False)[1])
+
+
 class InputFetcher:
     """Fetches a task's inputs into its workspace and records where each is mounted."""
 
-    def __init__(self, http: httpx.AsyncClient, *, limit: int, allowed: Sequence[AllowedPath] = ()) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, limit: int, allowed: Sequence[AllowedPath] = (),
+                 cache: InputCache | None = None) -> None:
         self.http = http
         self.limit = limit
         self.allowed = tuple(allowed)
+        self.cache = cache or InputCache()
 
     @property
     def storage_sources(self) -> list[str]:
@@ -81,8 +114,8 @@ class InputFetcher:
             elif kind == "urlDownload":
                 await self._download(host, params["URL"], into_folder=True)
             elif kind == "managed":
-                await self._download(host, params["URL"], into_folder=False, size=params.get("Size"),
-                                     sha256=params.get("SHA256"))
+                if await self._managed(run, host, target, params, in_memory):
+                    continue
             elif kind == "s3":
                 await asyncio.to_thread(self._fetch_s3, host, params, partition, partitions)
             elif kind == "local":
@@ -92,6 +125,23 @@ class InputFetcher:
             else:
                 raise InputError(f"input source type {kind!r} is not supported by this agent")
             run.inputs.append(Mount(host, target, read_only=True))
+
+    async def _managed(self, run: TaskRun, host: Path, target: str, params: dict[str, Any],
+                       in_memory: str | None) -> bool:
+        """Fetch a managed input from the cache or through its URL; True when it went to `run.in_memory`."""
+        sha256, size = str(params.get("SHA256") or ""), params.get("Size")
+        data = self.cache.get(sha256) if sha256 else None
+        if data is not None and target == in_memory:
+            run.in_memory[target] = data
+            return True
+        host.parent.mkdir(parents=True, exist_ok=True)
+        if data is not None:
+            host.write_bytes(data)
+            return False
+        await self._download(host, params["URL"], into_folder=False, size=size, sha256=sha256)
+        if self.cache.wants(sha256, size):
+            self.cache.put(sha256, host.read_bytes())
+        return False
 
     def _local(self, params: dict[str, Any]) -> tuple[Path, bool]:
         asked = str(params["SourcePath"])
