@@ -66,7 +66,8 @@ class JobRecord(SQLModel, table=True):
     stored once, and the job's row, which every change of its state rewrites, stays small."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_namespace_name", "namespace", "name"),)
+    __table_args__ = (Index("ix_jobs_namespace_name", "namespace", "name"),
+                      Index("ix_jobs_state", "namespace", "state", "create_time", "id"))  # lists by state
 
     id: str = Field(primary_key=True)
     namespace: str

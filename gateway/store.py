@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, func
+from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -400,8 +400,8 @@ class Store:
         query = select(JobRecord)
         if namespaces is not None:
             query = query.where(col(JobRecord.namespace).in_(list(namespaces)))
-        if state:
-            query = query.where(func.lower(JobRecord.state) == state.lower())
+        if state:  # named in any case; compared as stored, so that the index on states serves it
+            query = query.where(col(JobRecord.state) == _STATES.get(state.lower(), state))
         query = query.order_by(column.asc() if reverse else column.desc(), col(JobRecord.id))
         page: list[JobRecord] = []
         # A label filter drops rows, so read ahead; without one, one row past the page tells whether there is more.
@@ -947,6 +947,9 @@ class Store:
                 row.desired_state != DesiredState.STOPPED and row.compute_state in ACTIVE_EXECUTION_STATES))
 
         return sorted({execution_id for execution_id in running if not runs_on(execution_id)})
+
+
+_STATES = {state.lower(): state.value for state in JobState}
 
 
 def _apply_info(node: NodeRecord, info: NodeInfo) -> None:

@@ -805,6 +805,21 @@ def test_list_jobs_filters_by_state(store: Store) -> None:
     assert [j.id for j in store.list_jobs(["default"], limit=10, offset=0, state="completed")[0]] == [completed.id]
     assert [j.id for j in store.list_jobs(["default"], limit=10, offset=0, state="Queued")[0]] == [pending.id]
     assert store.list_jobs(["default"], limit=10, offset=0, state="Failed")[0] == []
+    assert store.list_jobs(["default"], limit=10, offset=0, state="no such state")[0] == []
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="SQLite's query plan")
+def test_jobs_listed_by_state_are_sought_in_the_index_on_states(store: Store, engine: Engine) -> None:
+    """Not every job of the namespace read and its state compared (a client asking every 50 ms whether any of
+    1,000 jobs still ran cost the gateway about 1 ms a question)."""
+    store.submit(wasm(count=0))
+    queued = store.submit(wasm())
+    got, statements = executed(engine, lambda: store.list_jobs(["default"], limit=1, offset=0, state="QUEUED"))
+    assert [job.id for job in got[0]] == [queued.id]
+    with engine.connect() as connection:
+        [(statement, parameters)] = [s for s in statements if "FROM jobs" in s[0]]
+        plans = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+    assert plans[0].startswith("SEARCH jobs USING INDEX ix_jobs_state (namespace=? AND state=?)"), plans
 
 
 def test_list_jobs_filters_by_labels(store: Store) -> None:
