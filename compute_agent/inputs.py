@@ -130,7 +130,7 @@ class InputFetcher:
                        in_memory: str | None) -> bool:
         """Fetch a managed input from the cache or through its URL; True when it went to `run.in_memory`."""
         sha256, size = str(params.get("SHA256") or ""), params.get("Size")
-        data = self.cache.get(sha256) if sha256 else None
+        data = self.cache.get(sha256)  # nothing is kept without a digest
         if data is not None and target == in_memory:
             run.in_memory[target] = data
             return True

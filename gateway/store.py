@@ -502,7 +502,8 @@ class Store:
         """What a poll does, in one transaction: the heartbeat (when `beat`), the executions the node should
         stop (`stopped_among`) and the ones it takes now (`claim`). An idle poll that would write nothing but the
         heartbeat's time, while that is recent, only reads (`_quiet`)."""
-        if beat and not running and (node := self._quiet(node_id, info, free_slots)) is not None:
+        if beat and not running and self.heartbeat_ns > 0 and \
+                (node := self._quiet(node_id, info, free_slots)) is not None:
             self._remember(node)
             return node, [], []
         with self._tx() as session:
