@@ -66,6 +66,7 @@ def create_app(settings: Settings) -> Starlette:
         auth=Authenticator(auth_config, TokenStore(engine),
                            limiter=FailureLimiter(settings.auth_failures_per_minute, 60.0)),
         audit=AuditLog(engine),
+        db_on_loop=engine.dialect.name == "sqlite",
     )
 
     @contextlib.asynccontextmanager

@@ -65,8 +65,8 @@ async def create_token(request: Request) -> JSONResponse:
     record, secret = await run_in_threadpool(
         svc.auth.tokens.create, name=name, capabilities=list(dict.fromkeys(capabilities)), namespace=namespace,
         expires_in=expires_in, created_by=caller.name)
-    await run_in_threadpool(svc.audit.record, caller.name, "token.create", record.id, namespace=namespace,
-                            detail=f"{name}: {', '.join(record.capabilities)}")
+    await svc.db(svc.audit.record, caller.name, "token.create", record.id, namespace=namespace,
+                 detail=f"{name}: {', '.join(record.capabilities)}")
     return JSONResponse({"Token": _token(record), "Secret": secret}, status_code=201)
 
 
@@ -84,8 +84,8 @@ async def list_tokens(request: Request) -> JSONResponse:
 async def revoke_token(request: Request) -> JSONResponse:
     svc = services(request)
     record = await run_in_threadpool(svc.auth.tokens.revoke, request.path_params["id"], _owner(request))
-    await run_in_threadpool(svc.audit.record, principal(request).name, "token.revoke", record.id,
-                            namespace=record.namespace, detail=record.name)
+    await svc.db(svc.audit.record, principal(request).name, "token.revoke", record.id,
+                 namespace=record.namespace, detail=record.name)
     return JSONResponse({"Token": _token(record)})
 
 
@@ -97,7 +97,7 @@ async def create_join_token(request: Request) -> JSONResponse:
     caller = principal(request)
     record, secret = await run_in_threadpool(svc.auth.tokens.create_join_token, expires_in=expires_in,
                                              created_by=caller.name)
-    await run_in_threadpool(svc.audit.record, caller.name, "node.join-token.create", record.id)
+    await svc.db(svc.audit.record, caller.name, "node.join-token.create", record.id)
     return JSONResponse({"ID": record.id, "Secret": secret, "ExpireTime": record.expire_time}, status_code=201)
 
 
@@ -110,9 +110,9 @@ async def audit(request: Request) -> JSONResponse:
     """Oldest first; `next_token` is the sequence number to continue after; filter by `actor`, `action`."""
     limit = query_int(request, "limit", 100, minimum=1, maximum=1000)
     after = query_int(request, "next_token", 0, maximum=2**31 - 1)  # a sequence number (32-bit column)
-    entries = await run_in_threadpool(services(request).audit.read, after=after, limit=limit + 1,
-                                      actor=request.query_params.get("actor", ""),
-                                      action=request.query_params.get("action", ""))
+    svc = services(request)
+    entries = await svc.db(svc.audit.read, after=after, limit=limit + 1, actor=request.query_params.get("actor", ""),
+                           action=request.query_params.get("action", ""))
     page = entries[:limit]
     next_token = str(page[-1].seq) if len(entries) > limit else ""
     return JSONResponse({"Items": [_entry(e) for e in page], "NextToken": next_token})

@@ -62,7 +62,7 @@ async def register(request: Request) -> JSONResponse:
         svc.auth.limiter.fail(client)
         raise Unauthorized("a valid join token is needed to register a node (shoal agent --token)")
     info = _node_info(await read_json(request))
-    node, credential = await run_in_threadpool(svc.store.register_node, info)  # its first poll finds its work
+    node, credential = await svc.db(svc.store.register_node, info)  # its first poll finds its work
     return JSONResponse({
         "NodeID": node.id,
         "Credential": credential,
@@ -111,8 +111,8 @@ async def poll(request: Request) -> Response:
         beat = True
         while True:
             waiter.arm()
-            node, cancel, claimed = await run_in_threadpool(svc.store.poll, node.id, running, limit=limit,
-                                                            slots=slots, beat=beat, info=info, free_slots=free)
+            node, cancel, claimed = await svc.db(svc.store.poll, node.id, running, limit=limit,
+                                                 slots=slots, beat=beat, info=info, free_slots=free)
             claimed += await waiter.handed()
             if claimed or cancel:
                 waiter.took_work()
@@ -153,9 +153,8 @@ async def status(request: Request) -> JSONResponse:
         raise BadRequest("State: must be Running or Publishing") from None
     if state not in (ExecutionState.RUNNING, ExecutionState.PUBLISHING):
         raise BadRequest("State: must be Running or Publishing")
-    await run_in_threadpool(
-        svc.store.update_status, node.id, request.path_params["id"], state, str(body.get("Message", ""))[:1024]
-    )
+    await svc.db(svc.store.update_status, node.id, request.path_params["id"], state,
+                 str(body.get("Message", ""))[:1024])
     return JSONResponse({"LeaseSeconds": svc.settings.lease_seconds})
 
 
@@ -171,9 +170,8 @@ async def publish(request: Request) -> JSONResponse:
         raise PayloadTooLarge(f"Size: results are limited to {svc.settings.max_result_bytes} bytes")
     if not _SHA256.match(sha256):
         raise BadRequest("SHA256: must be 64 hex digits")
-    key = await run_in_threadpool(
-        svc.store.begin_publish, node.id, request.path_params["id"], size, sha256, svc.settings.results_prefix
-    )
+    key = await svc.db(svc.store.begin_publish, node.id, request.path_params["id"], size, sha256,
+                       svc.settings.results_prefix)
     signed = await run_in_threadpool(svc.objects.presign_put, key, size, sha256, svc.settings.upload_expiry)
     return JSONResponse({"URL": signed.url, "Method": signed.method, "Headers": signed.headers, "Key": key})
 
@@ -191,15 +189,15 @@ async def complete(request: Request) -> JSONResponse:
     chunks = parse_chunks(body.get("Logs"), "Logs")  # the last of its logs, which come along for a short task
     slots = _count(body, "Slots", None)
     if published:
-        execution = await run_in_threadpool(svc.store.upload_of, node.id, execution_id)
+        execution = await svc.db(svc.store.upload_of, node.id, execution_id)
         problem = await _check_upload(svc, execution.result_key, execution.upload_size, execution.upload_sha256)
         if problem:
-            rescheduled = await run_in_threadpool(svc.store.fail, node.id, execution_id,
-                                                  f"publish failed: {problem}")
+            rescheduled = await svc.db(svc.store.fail, node.id, execution_id,
+                                       f"publish failed: {problem}")
             _failed(svc, node, rescheduled)
             raise Conflict(f"publish failed: {problem}")
-    kept, claimed = await run_in_threadpool(svc.store.complete, node.id, execution_id, outcome, published, chunks,
-                                            svc.logs.max_bytes, slots=slots)
+    kept, claimed = await svc.db(svc.store.complete, node.id, execution_id, outcome, published, chunks,
+                                 svc.logs.max_bytes, slots=slots)
     if slots is None:
         svc.work.notify(nodes=[node.id])  # its slot is free: its waiting poll may fill it
     if kept:
@@ -251,7 +249,7 @@ async def fail(request: Request) -> JSONResponse:
     node = await calling_node(request)
     body = await read_json(request)
     message = storable(str(body.get("Message") or "the agent reported a failure"))[:4096]
-    rescheduled = await run_in_threadpool(svc.store.fail, node.id, request.path_params["id"], message)
+    rescheduled = await svc.db(svc.store.fail, node.id, request.path_params["id"], message)
     _failed(svc, node, rescheduled)
     return JSONResponse({"Rescheduled": rescheduled})
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from starlette.concurrency import run_in_threadpool
-
 from gateway.services import Services
 
 log = logging.getLogger("shoal.gateway.housekeeping")
@@ -24,7 +22,7 @@ async def run_forever(svc: Services) -> None:
     while True:
         await asyncio.sleep(svc.settings.housekeeping_seconds)
         try:
-            rescheduled = await run_in_threadpool(sweep, svc)
+            rescheduled = await svc.db(sweep, svc)
         except Exception:  # a failed sweep must not stop the next one
             log.exception("housekeeping sweep failed")
             continue

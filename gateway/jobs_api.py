@@ -51,7 +51,7 @@ async def submit(request: Request) -> JSONResponse:
     handed = _reserve(svc, jobs)
     claims: list[list[Any]] = [[] for _ in handed]  # what each reserved poll is handed, also when this fails
     try:
-        records, claims = await run_in_threadpool(
+        records, claims = await svc.db(
             svc.store.submit_claiming, jobs, force=force, actor=actor, batch=batch,
             claim_for=[(waiter.node_id, waiter.limit, waiter.slots) for waiter in handed])
     finally:
@@ -160,7 +160,7 @@ async def diff(request: Request) -> JSONResponse:
     _place_in_namespace(request, job)
     before: dict[str, Any] = {}
     if job.Name:
-        named = await run_in_threadpool(svc.store.named_job, job.Namespace, job.Name)
+        named = await svc.db(svc.store.named_job, job.Namespace, job.Name)
         before = named.spec if named is not None else {}
     old, new = (yaml.safe_dump(redact_spec(spec), sort_keys=False).splitlines(keepends=True)
                 for spec in (before, job.wire()))
@@ -186,7 +186,7 @@ async def list_jobs(request: Request) -> JSONResponse:
         labels = [r for text in request.query_params.getlist("labels") for r in parse_selector(text, "labels")]
     except SpecError as exc:
         raise BadRequest(str(exc)) from None
-    jobs, next_offset = await run_in_threadpool(
+    jobs, next_offset = await svc.db(
         svc.store.list_jobs,
         namespaces,
         limit=limit,
@@ -217,27 +217,28 @@ def _decode_token(token: str) -> tuple[str, bool, int, int]:
 
 
 async def _job(request: Request) -> JobRecord:
-    namespace = visible_namespace(request)
-    return await run_in_threadpool(services(request).store.find_job, namespace, request.path_params["ref"])
+    svc = services(request)
+    return await svc.db(svc.store.find_job, visible_namespace(request), request.path_params["ref"])
 
 
 async def _audit(request: Request, action: str, job: JobRecord, detail: str = "") -> None:
-    await run_in_threadpool(services(request).audit.record, principal(request).name, action, job.id,
-                            namespace=job.namespace, detail=detail)
+    svc = services(request)
+    await svc.db(svc.audit.record, principal(request).name, action, job.id, namespace=job.namespace, detail=detail)
 
 
 async def get_job(request: Request) -> JSONResponse:
+    svc = services(request)
     job = await _job(request)
     include = {part.strip().lower() for part in request.query_params.get("include", "").split(",")}
     body: dict[str, Any] = {"Job": wire.job(job)}
     wanted = query_int(request, "job_version", 0, maximum=2**31)
     if wanted and wanted != job.version:
-        versions = {v.version: v for v in await run_in_threadpool(services(request).store.versions, job.id)}
+        versions = {v.version: v for v in await svc.db(svc.store.versions, job.id)}
         if wanted not in versions:
             raise NotFound(f"job {job.id} has no version {wanted}")
         body["Job"] |= redact_spec(versions[wanted].spec) | {"Version": wanted}
     if "history" in include:
-        events = await run_in_threadpool(services(request).store.history, job.id, limit=1000)
+        events = await svc.db(svc.store.history, job.id, limit=1000)
         body["History"] = {"Items": [history.wire(e) for e in events], "NextToken": ""}
     if "executions" in include:
         body["Executions"] = {"Items": await _executions(request, job), "NextToken": ""}
@@ -246,7 +247,8 @@ async def get_job(request: Request) -> JSONResponse:
 
 async def _executions(request: Request, job: JobRecord) -> list[dict[str, Any]]:
     """The executions of the job's latest version, or of `job_version`, or of all with `all_job_versions`."""
-    executions = await run_in_threadpool(services(request).store.executions, job.id)
+    svc = services(request)
+    executions = await svc.db(svc.store.executions, job.id)
     if request.query_params.get("all_job_versions", "").lower() not in ("1", "true", "yes"):
         version = query_int(request, "job_version", 0, maximum=2**31) or job.version
         executions = [e for e in executions if e.job_version == version]
@@ -264,15 +266,16 @@ async def rerun(request: Request) -> JSONResponse:
     version = body.get("JobVersion") or 0
     if not isinstance(version, int) or not 0 <= version < 2**31:
         raise BadRequest("JobVersion: must be a version number")
-    job = await run_in_threadpool(svc.store.rerun, visible_namespace(request), request.path_params["ref"], version)
+    job = await svc.db(svc.store.rerun, visible_namespace(request), request.path_params["ref"], version)
     _announce(svc, [job])
     await _audit(request, "job.rerun", job, f"version {job.version}")
     return JSONResponse({"JobID": job.id, "JobVersion": job.version, "EvaluationID": "", "Warnings": []})
 
 
 async def versions(request: Request) -> JSONResponse:
+    svc = services(request)
     job = await _job(request)
-    found = await run_in_threadpool(services(request).store.versions, job.id)
+    found = await svc.db(svc.store.versions, job.id)
     items = [wire.job(job) | redact_spec(v.spec) | {"Version": v.version, "CreateTime": v.create_time} for v in found]
     return JSONResponse({"Items": items, "NextToken": ""})
 
@@ -281,7 +284,7 @@ async def stop(request: Request) -> JSONResponse:
     svc = services(request)
     job = await _job(request)
     reason = request.query_params.get("reason", "")[:1024]
-    await run_in_threadpool(svc.store.stop_job, job.namespace, job.id, reason)
+    await svc.db(svc.store.stop_job, job.namespace, job.id, reason)
     svc.work.notify()  # waiting polls carry the cancellations to the agents now
     await _audit(request, "job.stop", job, reason)
     return JSONResponse({"EvaluationID": ""})
@@ -296,10 +299,9 @@ async def job_history(request: Request) -> JSONResponse:
     limit = query_int(request, "limit", 100, minimum=1, maximum=1000)
     after = query_int(request, "next_token", 0, maximum=2**31 - 1)  # a sequence number (32-bit column)
     since = query_int(request, "since", 0, maximum=2**33)  # seconds; as nanoseconds it fits 64 bits
-    events = await run_in_threadpool(
-        services(request).store.history, job.id, after=after, limit=limit + 1, level=level,
-        execution_id=request.query_params.get("execution_id", ""), since_ns=since * 1_000_000_000,
-    )
+    svc = services(request)
+    events = await svc.db(svc.store.history, job.id, after=after, limit=limit + 1, level=level,
+                          execution_id=request.query_params.get("execution_id", ""), since_ns=since * 1_000_000_000)
     page = events[:limit]
     next_token = str(page[-1].seq) if len(events) > limit else ""
     return JSONResponse({"Items": [history.wire(e) for e in page], "NextToken": next_token})
@@ -309,7 +311,7 @@ async def results(request: Request) -> JSONResponse:
     """Presigned GET URLs for the published results of the job's completed executions."""
     svc = services(request)
     job = await _job(request)
-    executions = await run_in_threadpool(svc.store.executions, job.id)
+    executions = await svc.db(svc.store.executions, job.id)
     items = []
     for execution in executions:
         published = execution.compute_state == ExecutionState.COMPLETED and execution.result_size is not None

@@ -14,7 +14,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -38,7 +37,7 @@ async def append(request: Request) -> JSONResponse:
     node = await calling_node(request)
     body = await read_json(request, limit=2 << 20)
     chunks = parse_chunks(body.get("Chunks"))
-    kept, capped = await run_in_threadpool(svc.logs.append, node.id, request.path_params["id"], chunks)
+    kept, capped = await svc.db(svc.logs.append, node.id, request.path_params["id"], chunks)
     if kept:
         svc.new_logs.notify()
     if capped:
@@ -50,8 +49,8 @@ async def append(request: Request) -> JSONResponse:
 async def _execution(connection: HTTPConnection) -> ExecutionRecord:
     """The execution named by `execution_id` (or its prefix), else the job's most relevant current one."""
     svc = services(connection)
-    job = await run_in_threadpool(svc.store.find_job, visible_namespace(connection), connection.path_params["ref"])
-    executions = await run_in_threadpool(svc.store.executions, job.id)
+    job = await svc.db(svc.store.find_job, visible_namespace(connection), connection.path_params["ref"])
+    executions = await svc.db(svc.store.executions, job.id)
     wanted = connection.query_params.get("execution_id", "")
     if wanted:
         matches = [e for e in executions if e.id.startswith(wanted)]
@@ -74,8 +73,8 @@ async def _lines(svc: Services, execution: ExecutionRecord, *, follow: bool, tai
     after, live = 0, False
     while True:
         signal = svc.new_logs.current()
-        ended = ExecutionState(await run_in_threadpool(svc.store.execution_state, execution.id)).terminal
-        rows = await run_in_threadpool(svc.logs.read, execution.id, after)
+        ended = ExecutionState(await svc.db(svc.store.execution_state, execution.id)).terminal
+        rows = await svc.db(svc.logs.read, execution.id, after)
         for row in rows:
             after = row.seq or after
             *complete, partial[row.stream] = (partial[row.stream] + row.data).split("\n")

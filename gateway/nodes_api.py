@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -17,7 +16,8 @@ _ACTIONS = {"approve": NodeMembership.APPROVED, "reject": NodeMembership.REJECTE
 
 
 async def list_nodes(request: Request) -> JSONResponse:
-    nodes = await run_in_threadpool(services(request).store.nodes)
+    svc = services(request)
+    nodes = await svc.db(svc.store.nodes)
     approval = (request.query_params.get("filter-approval") or "").upper()
     status = (request.query_params.get("filter-status") or "").upper()
     if approval and approval not in NodeMembership.__members__:
@@ -29,7 +29,8 @@ async def list_nodes(request: Request) -> JSONResponse:
 
 
 async def get_node(request: Request) -> JSONResponse:
-    node = await run_in_threadpool(services(request).store.find_node, request.path_params["ref"])
+    svc = services(request)
+    node = await svc.db(svc.store.find_node, request.path_params["ref"])
     return JSONResponse({"Node": wire.node(node)})
 
 
@@ -42,14 +43,14 @@ async def update_node(request: Request) -> JSONResponse:
     if not ref:
         raise BadRequest("NodeID: field required")
     if action == "delete":
-        await run_in_threadpool(svc.store.delete_node, ref)
+        await svc.db(svc.store.delete_node, ref)
     elif action in _ACTIONS:
-        await run_in_threadpool(svc.store.set_membership, ref, _ACTIONS[action])
+        await svc.db(svc.store.set_membership, ref, _ACTIONS[action])
     else:
         raise BadRequest("Action: must be approve, reject or delete")
     svc.work.notify()  # an approved node may now claim; rescheduled work may go elsewhere
-    await run_in_threadpool(svc.audit.record, principal(request).name, f"node.{action}", ref,
-                            detail=str(body.get("Message", ""))[:1024])
+    await svc.db(svc.audit.record, principal(request).name, f"node.{action}", ref,
+                 detail=str(body.get("Message", ""))[:1024])
     return JSONResponse({"Success": True})
 
 
