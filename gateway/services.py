@@ -42,10 +42,10 @@ class Services:
 
     async def db(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a call of the store, the log store or the audit log. On SQLite it runs right here, on the event loop:
-        its transactions take a millisecond or two of CPU and wait on no other process, and one writer at a time
-        holds SQLite's lock anyway, while the hop to a worker thread and back (two thread wake-ups and GIL
-        hand-offs) cost the gateway about a quarter of its CPU per job. On PostgreSQL, where each statement waits
-        for a round trip, it runs in a worker thread."""
+        its transactions take a millisecond or two of CPU, and one writer at a time holds SQLite's lock anyway,
+        while the hop to a worker thread and back (two thread wake-ups and GIL hand-offs) cost the gateway about a
+        fifth of its CPU per job. On PostgreSQL, where each statement waits for a round trip, it runs in a worker
+        thread."""
         if self.db_on_loop:
             return call(*args, **kwargs)
         return await run_in_threadpool(call, *args, **kwargs)
@@ -66,9 +66,9 @@ async def calling_node(request: Request) -> NodeRecord:
     credential = bearer(request)
     if not credential:
         raise Unauthorized("the agent API needs the node credential as a Bearer token")
-    store = services(request).store
-    node = store.remembered_node(credential)  # most calls: no database
-    return node if node is not None else await services(request).db(store.authenticate_node, credential)
+    svc = services(request)
+    node = svc.store.remembered_node(credential)  # most calls: no database
+    return node if node is not None else await svc.db(svc.store.authenticate_node, credential)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
