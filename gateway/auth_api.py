@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -62,7 +61,7 @@ async def create_token(request: Request) -> JSONResponse:
         raise BadRequest("Namespace: must be a namespace name")
     visible_namespace(request, namespace)
     expires_in = _expires_in(body, DEFAULT_TOKEN_SECONDS, MAX_TOKEN_SECONDS)
-    record, secret = await run_in_threadpool(
+    record, secret = await svc.db(
         svc.auth.tokens.create, name=name, capabilities=list(dict.fromkeys(capabilities)), namespace=namespace,
         expires_in=expires_in, created_by=caller.name)
     await svc.db(svc.audit.record, caller.name, "token.create", record.id, namespace=namespace,
@@ -77,13 +76,14 @@ def _owner(request: Request) -> str | None:
 
 
 async def list_tokens(request: Request) -> JSONResponse:
-    records = await run_in_threadpool(services(request).auth.tokens.list, _owner(request))
+    svc = services(request)
+    records = await svc.db(svc.auth.tokens.list, _owner(request))
     return JSONResponse({"Items": [_token(r) for r in records]})
 
 
 async def revoke_token(request: Request) -> JSONResponse:
     svc = services(request)
-    record = await run_in_threadpool(svc.auth.tokens.revoke, request.path_params["id"], _owner(request))
+    record = await svc.db(svc.auth.tokens.revoke, request.path_params["id"], _owner(request))
     await svc.db(svc.audit.record, principal(request).name, "token.revoke", record.id,
                  namespace=record.namespace, detail=record.name)
     return JSONResponse({"Token": _token(record)})
@@ -95,8 +95,7 @@ async def create_join_token(request: Request) -> JSONResponse:
     body = await read_json(request)
     expires_in = _expires_in(body, 3600, 30 * 24 * 3600)
     caller = principal(request)
-    record, secret = await run_in_threadpool(svc.auth.tokens.create_join_token, expires_in=expires_in,
-                                             created_by=caller.name)
+    record, secret = await svc.db(svc.auth.tokens.create_join_token, expires_in=expires_in, created_by=caller.name)
     await svc.db(svc.audit.record, caller.name, "node.join-token.create", record.id)
     return JSONResponse({"ID": record.id, "Secret": secret, "ExpireTime": record.expire_time}, status_code=201)
 

@@ -58,7 +58,7 @@ async def register(request: Request) -> JSONResponse:
     svc = services(request)
     client = request.client.host if request.client else "?"
     svc.auth.limiter.check(client)
-    if not await run_in_threadpool(check_join_token, svc.auth, bearer(request)):
+    if not await svc.db(check_join_token, svc.auth, bearer(request)):  # the join tokens are in the database
         svc.auth.limiter.fail(client)
         raise Unauthorized("a valid join token is needed to register a node (shoal agent --token)")
     info = _node_info(await read_json(request))

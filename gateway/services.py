@@ -41,11 +41,12 @@ class Services:
     db_on_loop: bool = False  # see db()
 
     async def db(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a call of the store, the log store or the audit log. On SQLite it runs right here, on the event loop:
-        its transactions take a millisecond or two of CPU, and one writer at a time holds SQLite's lock anyway,
-        while the hop to a worker thread and back (two thread wake-ups and GIL hand-offs) cost the gateway about a
-        fifth of its CPU per job. On PostgreSQL, where each statement waits for a round trip, it runs in a worker
-        thread."""
+        """Run a call that works on the database (the store, the log store, the audit log, the token store) and
+        checks nothing slow such as a bcrypt password (those stay in worker threads). On SQLite it runs right here,
+        on the event loop: its transactions take a millisecond or two of CPU, and one writer at a time holds
+        SQLite's lock anyway, while the hop to a worker thread and back (two thread wake-ups and GIL hand-offs) cost
+        the gateway about a fifth of its CPU per job. On PostgreSQL, where each statement waits for a round trip,
+        it runs in a worker thread."""
         if self.db_on_loop:
             return call(*args, **kwargs)
         return await run_in_threadpool(call, *args, **kwargs)
