@@ -54,6 +54,7 @@ BACKENDS = ("sqlite", "postgres")
 PUBLISHER = "noop"  # for every backend: see probe_job()
 
 LATENCY_POLL_S = 0.01  # how often the latency loop asks whether its job finished
+FIRST_LOOK_S = 0.03  # and when it first asks: not while the job it measures is being dispatched
 PACING_S = 0.05  # pause after a job completes so the agent is back in a waiting long-poll
 WARMUP_JOBS = 2  # latency jobs per replica run first and left out of the statistics (compile, first imports)
 THREADS = 16
@@ -114,6 +115,7 @@ def one_latency_job(gw: Stack, namespace: str, replica: int = 0) -> dict[str, An
         body = response.json()
         return body if body["Job"]["State"]["StateType"] in TERMINAL else None
 
+    time.sleep(FIRST_LOOK_S)
     body = wait_for(finished, timeout=60, interval=LATENCY_POLL_S, what=f"job {job_id}")
     observed = time.time_ns()
     state = body["Job"]["State"]["StateType"]

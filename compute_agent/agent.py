@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ log = logging.getLogger("shoal.agent")
 PUBLISHERS = ("s3managed", "noop")
 INFO_REFRESH = 60.0  # seconds between polls that carry the node's info (engines, labels, capacity)
 RUNNING_AFTER = 0.5  # seconds a task runs before the agent reports it Running on its own; see _Running
+LAUNCH_WAIT = 1.0  # seconds an agent with no free slot waits for the tasks it just took to start; see _launched
 
 
 class Agent:
@@ -141,8 +143,9 @@ class Agent:
                     task, cancel = self._running[execution_id]
                     cancel.set()
                     task.cancel()
-            for assignment in reply.get("Executions") or []:
-                self._start(assignment)
+            launches = [self._start(assignment) for assignment in reply.get("Executions") or []]
+            if launches and len(self._running) >= self.settings.slots:
+                await self._launched(launches)
 
     async def _poll_once(self) -> dict[str, Any] | None:
         """One long-poll (None when the agent stops meanwhile). It says how many executions the node runs at once,
@@ -185,16 +188,28 @@ class Agent:
             with contextlib.suppress(AgentError):
                 await self._gateway.fail(assignment["ExecutionID"], "the agent shut down before the execution started")
 
-    def _start(self, assignment: dict[str, Any]) -> None:
+    async def _launched(self, launches: list[asyncio.Event]) -> None:
+        """With no slot left free, the next poll only renews leases and hears of cancels (a completion fills the
+        slot it frees): the tasks just taken start first, instead of sharing the CPU and the GIL with it. At most
+        LAUNCH_WAIT seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LAUNCH_WAIT):
+                for launched in launches:
+                    await launched.wait()
+
+    def _start(self, assignment: dict[str, Any]) -> asyncio.Event:
+        """Run an assignment; the event is set once its task runs, or the execution has ended without."""
         execution_id = assignment["ExecutionID"]
-        cancel = threading.Event()
-        task = asyncio.create_task(self._execute(assignment, cancel), name=execution_id)
+        cancel, launched = threading.Event(), asyncio.Event()
+        task = asyncio.create_task(self._execute(assignment, cancel, launched), name=execution_id)
         self._running[execution_id] = (task, cancel)
 
         def finished(_: asyncio.Task[None]) -> None:
             self._running.pop(execution_id, None)
+            launched.set()
 
         task.add_done_callback(finished)
+        return launched
 
     def _task_run(self, assignment: dict[str, Any]) -> TaskRun:
         spec = assignment["Task"]
@@ -226,9 +241,10 @@ class Agent:
             max_output_bytes=self.settings.max_output_bytes,
         )
 
-    async def _execute(self, assignment: dict[str, Any], cancel: threading.Event) -> None:
+    async def _execute(self, assignment: dict[str, Any], cancel: threading.Event, launched: asyncio.Event) -> None:
         execution_id = assignment["ExecutionID"]
         run = self._task_run(assignment)
+        run.started = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, launched.set)
         spec = assignment["Task"]
         worker: asyncio.Future[int] | None = None
         shipper: LogShipper | None = None

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class TaskRun:
     memory: int = 0
     pids_limit: int = 256
     max_output_bytes: int = 1 << 30
+    started: Callable[[], object] = lambda: None  # the executor calls it (in its thread) once the task itself runs
 
     @property
     def inputs_dir(self) -> Path:

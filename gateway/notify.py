@@ -23,7 +23,8 @@ class Waiter:
 
     def __init__(self, node_id: str, engines: frozenset[str], limit: int, slots: int | None) -> None:
         self.node_id, self.engines, self.limit, self.slots = node_id, engines, limit, slots
-        self.event = asyncio.Event()
+        self.woken = False  # since it last looked for work (`arm`)
+        self._waker: asyncio.Future[None] | None = None  # ends its `wait`
         self.chain: _Chain | None = None  # the wake-up that woke it, to pass on when it found nothing
         self._handoff: asyncio.Future[list[Any]] | None = None  # what a submission is claiming for it
 
@@ -38,7 +39,13 @@ class Waiter:
         """What the submission that reserved it (`WorkSignal.reserve`) claimed for it; wakes it."""
         if self._handoff is not None and not self._handoff.done():
             self._handoff.set_result(claimed)
-        self.event.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Ends its wait, or the next one if it is not waiting: there may be something for it."""
+        self.woken = True
+        if self._waker is not None and not self._waker.done():
+            self._waker.set_result(None)
 
     async def handed(self) -> list[Any]:
         """What a submission claimed for it since it last asked: once a submission has reserved it, whatever
@@ -52,16 +59,24 @@ class Waiter:
 
     def arm(self) -> None:
         """Before each look for work: a wake-up from now on ends the next wait."""
-        self.event.clear()
+        self.woken = False
 
     def took_work(self) -> None:
         self.chain = None
 
     async def wait(self, timeout: float) -> bool:
-        """Until woken (True) or `timeout` seconds have passed (False)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), timeout)
-        return self.event.is_set()
+        """Until woken (True) or `timeout` seconds have passed (False). A wake-up resumes the poll at the loop's
+        next turn: a submission that woke it can let its answer go out first (see jobs_api.submit)."""
+        if not self.woken:
+            loop = asyncio.get_running_loop()
+            self._waker = loop.create_future()
+            timer = loop.call_later(timeout, _end, self._waker)
+            try:
+                await self._waker
+            finally:
+                timer.cancel()
+                self._waker = None
+        return self.woken
 
     def found_nothing(self) -> None:
         """It was woken for new work but could take none of it (a constraint it does not meet, or another poll
@@ -69,6 +84,11 @@ class Waiter:
         if self.chain is not None:
             self.chain.advance(1)
             self.chain = None
+
+
+def _end(waker: asyncio.Future[None]) -> None:
+    if not waker.done():
+        waker.set_result(None)
 
 
 class _Chain:
@@ -81,9 +101,9 @@ class _Chain:
         while count > 0 and self.next < len(self.waiters):
             waiter = self.waiters[self.next]
             self.next += 1
-            if not waiter.event.is_set():
+            if not waiter.woken:
                 waiter.chain = self
-                waiter.event.set()
+                waiter.wake()
                 count -= 1
 
 
@@ -126,7 +146,7 @@ class WorkSignal:
         for waiter in self._waiters:
             if len(chosen) == count:
                 break
-            if engine in waiter.engines and not waiter.event.is_set() and waiter.book():
+            if engine in waiter.engines and not waiter.woken and waiter.book():
                 chosen.append(waiter)
         return chosen
 
@@ -152,14 +172,14 @@ class WorkSignal:
         self._event = asyncio.Event()
         if not engines and not nodes:
             for waiter in self._waiters:
-                waiter.event.set()
+                waiter.wake()
             return
         for waiter in self._waiters:
             if waiter.node_id in (nodes or ()):
-                waiter.event.set()
+                waiter.wake()
         if engines:
             wanted = set(engines)
-            chain = _Chain([w for w in self._waiters if w.engines & wanted and not w.event.is_set()])
+            chain = _Chain([w for w in self._waiters if w.engines & wanted and not w.woken])
             chain.advance(len(chain.waiters) if count is None else count)
 
 

@@ -1,8 +1,8 @@
 """Executors: one small interface, one module per engine.
 
 `run(task, cancel)` runs the task to its end and returns its exit code, having written `stdout`, `stderr`
-and the ResultPath folders into the task's results dir. It raises `ExecutorError` for anything that is not
-the task's own doing, and stops early when `cancel` is set.
+and the ResultPath folders into the task's results dir; it calls `task.started()` once the task itself runs. It
+raises `ExecutorError` for anything that is not the task's own doing, and stops early when `cancel` is set.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ class DockerExecutor:
             copying = threading.Thread(target=_copy_output, args=(frames, task), daemon=True)
             copying.start()
             container.start()
+            task.started()
             status = self._wait(container, task, cancel)
             copying.join(timeout=30)
             container.reload()

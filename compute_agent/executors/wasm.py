@@ -9,7 +9,7 @@ import select
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import wasmtime
@@ -24,14 +24,16 @@ _WATCHING = ThreadPoolExecutor(max_workers=1 << 16, thread_name_prefix="wasm-wat
 
 
 class _Engine:
-    """A wasmtime engine and the modules loaded into it. Interrupting a task ticks its engine's epoch, which
-    would interrupt every store of the engine: one runs one task at a time."""
+    """A wasmtime engine, the modules loaded into it, and a linker with WASI. Interrupting a task ticks its
+    engine's epoch, which would interrupt every store of the engine: one runs one task at a time."""
 
     def __init__(self) -> None:
         config = wasmtime.Config()
         config.epoch_interruption = True
         self.engine = wasmtime.Engine(config)
         self.modules: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self.linker = wasmtime.Linker(self.engine)  # WASI's functions find each task's WASI set-up in its store
+        self.linker.define_wasi()
 
 
 class WasmExecutor:
@@ -70,12 +72,12 @@ class WasmExecutor:
             if task.memory:
                 store.set_limits(memory_size=task.memory)
             store.set_epoch_deadline(1)
-            linker = wasmtime.Linker(engine)
-            linker.define_wasi()
-            instance = linker.instantiate(store, module)
+            watch.start()
+            instance = loaded.linker.instantiate(store, module)
             entry = instance.exports(store).get(task.params.get("Entrypoint") or "_start")
             if not isinstance(entry, wasmtime.Func):
                 raise ExecutorError(f"the module exports no function {task.params.get('Entrypoint')!r}")
+            task.started()
             entry(store)
             return 0
         except wasmtime.ExitTrap as exc:
@@ -158,6 +160,10 @@ class _Watch:
         self.outputs = tuple(f"/dev/fd/{fd}" for fd in self._writers)
         self._wake_r, self._wake_w = os.pipe()
         self._stop = threading.Event()
+        self._done: Future[None] | None = None
+
+    def start(self) -> None:
+        """Once the store's epoch deadline is set: a tick of the engine's epoch before it would be lost."""
         self._done = _WATCHING.submit(self._run)
 
     def _run(self) -> None:
@@ -211,7 +217,8 @@ class _Watch:
         self.opened()
         self._stop.set()
         os.write(self._wake_w, b"x")
-        self._done.result()
+        if self._done is not None:
+            self._done.result()
         for fd in (*self._fds, self._wake_r, self._wake_w):
             os.close(fd)
 

@@ -104,7 +104,10 @@ class Running:
 
 def test_stdout_stderr_and_exit_code(executor: DockerExecutor, docker_engine: Any, tmp_path: Path) -> None:
     task = make_task(tmp_path, r"printf 'out\nsecond line'; printf 'err\n' >&2; exit 3")
+    started: list[int] = []
+    task.started = lambda: started.append(1)
     assert run(executor, docker_engine, task) == 3
+    assert started == [1], "the task says it started, once, when its container has"
     assert task.stdout_path.read_bytes() == b"out\nsecond line"
     assert task.stderr_path.read_bytes() == b"err\n"
 
@@ -253,8 +256,11 @@ def test_a_failing_task_is_removed_too(executor: DockerExecutor, docker_engine: 
 def test_a_container_that_cannot_start_is_a_system_error_and_removed(executor: DockerExecutor, docker_engine: Any,
                                                                     tmp_path: Path) -> None:
     task = make_task(tmp_path, "", params={"Entrypoint": ["/no/such/program"]})
+    started: list[int] = []
+    task.started = lambda: started.append(1)
     with pytest.raises(ExecutorError, match="docker failed while running the task") as raised:
         executor.run(task, threading.Event())
+    assert started == []
     assert not isinstance(raised.value, TimeoutExpired)
     assert containers_of(docker_engine, task) == []
 

@@ -181,6 +181,24 @@ def test_an_entry_module_handed_over_in_memory_is_run_without_a_file(executor: W
     assert outputs_of(task) == (b"data.txt\n", b"")
 
 
+def test_the_task_says_it_started_once_just_before_the_module_runs(executor: WasmExecutor, tmp_path: Path) -> None:
+    task = make_task(tmp_path, "now")
+    calls: list[int] = []
+    task.started = lambda: calls.append(time.time_ns())
+    assert run(executor, task) == 0
+    assert len(calls) == 1
+    assert calls[0] <= int(outputs_of(task)[0])  # the module's own clock, read as it began
+
+
+def test_a_module_that_cannot_start_never_says_it_started(executor: WasmExecutor, tmp_path: Path) -> None:
+    task = make_task(tmp_path, module=b"\x00asm not really")
+    calls: list[int] = []
+    task.started = lambda: calls.append(1)
+    with pytest.raises(ExecutorError):
+        run(executor, task)
+    assert calls == []
+
+
 @pytest.mark.parametrize(("module", "params", "message"), [
     (b"\x00asm not really", {}, "is not a valid WASM module"),
     (LOOP, {"EntryModule": "/elsewhere.wasm"}, "is not the target of any input"),
@@ -231,6 +249,20 @@ def test_a_timeout_interrupts_a_spinning_module(executor: WasmExecutor, tmp_path
     assert isinstance(error, TimeoutExpired), outcome
     assert str(error) == "Execution timed out after 0.5s"
     assert 0.5 <= outcome["elapsed"] < 3.0
+
+
+@pytest.mark.timeout(30)
+def test_a_cancel_that_comes_before_the_module_starts_is_not_lost(executor: WasmExecutor, tmp_path: Path) -> None:
+    """The cancel is seen (and the engine's epoch ticked) as the task is being set up: the tick must come once the
+    store's deadline is set, or the module spins on."""
+    cancel = threading.Event()
+    cancel.set()
+    for attempt in range(10):  # a watch thread left idle by the task before is the quickest to see it
+        assert run(executor, make_task(tmp_path, "echo", "x", name=f"before-{attempt}")) == 0
+        thread, outcome = _run_in_thread(executor, make_task(tmp_path, module=LOOP, name=f"loop-{attempt}"), cancel)
+        thread.join(10)
+        assert not thread.is_alive(), f"the cancel was lost: the module spins on (attempt {attempt})"
+        assert str(outcome.get("error")) == "the execution was cancelled", outcome
 
 
 @pytest.mark.timeout(30)

@@ -25,7 +25,7 @@ def wait_all(signal: WorkSignal, stack: ExitStack, *specs: tuple[str, list[str]]
 
 
 def woken(waiters: list[Waiter]) -> list[str]:
-    return [w.node_id for w in waiters if w.event.is_set()]
+    return [w.node_id for w in waiters if w.woken]
 
 
 def test_new_work_wakes_that_many_polls_of_its_engine_longest_waiting_first(signal: WorkSignal) -> None:
@@ -110,7 +110,7 @@ def test_a_waiting_poll_returns_when_woken_and_at_its_deadline(signal: WorkSigna
             began = loop.time()
             await waiter.wait(0.2)
             assert loop.time() - began >= 0.19
-            assert not waiter.event.is_set()
+            assert not waiter.woken
 
     asyncio.run(scenario())
 
@@ -120,11 +120,11 @@ def test_a_submission_reserves_waiting_polls_of_its_engine_and_hands_each_what_i
         with ExitStack() as stack:
             a, _, c, d = wait_all(signal, stack, ("a", ["wasm"]), ("b", ["docker"]), ("c", ["wasm"]),
                                   ("d", ["wasm"]))
-            d.event.set()  # woken already: it looks for work itself
+            d.wake()  # woken already: it looks for work itself
             assert [w.node_id for w in signal.reserve("wasm", 5)] == ["a", "c"]  # longest waiting first
             assert signal.reserve("wasm", 5) == []  # each is reserved for one submission at a time
             a.hand(["claim-1"])
-            assert a.event.is_set()  # its wait ends
+            assert a.woken  # its wait ends
             assert await a.handed() == ["claim-1"]
             assert await a.handed() == []  # handed once
             # whatever else ended its wait, a reserved poll waits for what the submission claims for it
