@@ -145,16 +145,14 @@ class _Scan:
         chosen: dict[str, tuple[Row[Any], Needs]] = {}
         node = self.node
         for execution, needs in self._candidates(wanted):
+            if needs is None:  # more than the node has free now, by the execution's row: its job was not read
+                if self._pass_over(execution, never=not _fits(execution, self.capacity)):
+                    break
+                continue
             if unsuitable(node, needs, self.free) or (
                     not all(matches(p, node.labels) for p in needs.preferences)
                     and _preferred_elsewhere(self.db, node, needs)):
-                self.skipped.add(execution.job_id)
-                if unsuitable(node, needs, self.capacity):
-                    _NEVER.add(self.key, execution.job_id, execution.job_version)
-                else:
-                    self.busy += 1
-                if self.busy >= MAX_BUSY or len(self.skipped) >= MAX_SKIPPED:
-                    self.done = True
+                if self._pass_over(execution, never=bool(unsuitable(node, needs, self.capacity))):
                     break
                 continue
             chosen[execution.id] = (execution, needs)
@@ -165,19 +163,31 @@ class _Scan:
             self.done = True
         return chosen
 
+    def _pass_over(self, execution: Row[Any], *, never: bool) -> bool:
+        """Pass over the job of `execution`, which the node can `never` run or cannot run now; True when the scan
+        should end here."""
+        self.skipped.add(execution.job_id)
+        if never:
+            _NEVER.add(self.key, execution.job_id, execution.job_version)
+        else:
+            self.busy += 1
+        self.done = self.busy >= MAX_BUSY or len(self.skipped) >= MAX_SKIPPED
+        return self.done
+
     def lost(self, chosen: dict[str, tuple[Row[Any], Needs]], lost: set[str]) -> None:
         """Some of what it chose went to claims on other replicas: look again past them."""
         self.seen |= chosen.keys()
         for execution_id in lost:  # what it would have used is free again
             self.free = self.free + chosen[execution_id][1].resources
 
-    def _candidates(self, size: int) -> Iterator[tuple[Row[Any], Needs]]:
+    def _candidates(self, size: int) -> Iterator[tuple[Row[Any], Needs | None]]:
         """Waiting executions the node may take and what their jobs need, in queue order, at most SCAN_LIMIT, but
         none of the jobs in `skipped` (which `pick` adds to), of the job versions in `never`, nor the executions in
         `seen`. They are read as many at a time as the claim wants (at most BATCH), then, once it passes over some,
-        at least MIN_BATCH at a time (at most MAX_BATCHES times), with the jobs of each batch not read before. A job
-        passed over is jumped, however many executions it has: the next batch begins at the next job not passed
-        over (`_next_job`)."""
+        at least MIN_BATCH at a time (at most MAX_BATCHES times), with the jobs of each batch not read before,
+        except those whose executions ask for more than the node has free (their needs are None: a full node
+        passes over them without reading their specs). A job passed over is jumped, however many executions it
+        has: the next batch begins at the next job not passed over (`_next_job`)."""
         size = min(size, BATCH)
         after: tuple[int, str, int, str] | None = None
         scanned = 0
@@ -188,12 +198,17 @@ class _Scan:
             never, jobs = self.never, self.jobs
             considered = [e for e in batch if (e.job_id, e.job_version) not in never]
             scanned += len(considered)
-            if unread := {e.job_id for e in considered} - jobs.keys():
+            fitting = {e.job_id for e in considered if _fits(e, self.free)}  # what is free only shrinks meanwhile
+            if unread := fitting - jobs.keys():
                 for job in direct.run(self.db, _JOBS, {"ids": list(unread)}):
                     jobs[job.id] = job, self.needs_of(job.spec)
             for execution in considered:
-                if execution.job_id in jobs and execution.job_id not in self.skipped:
+                if execution.job_id in self.skipped:
+                    continue
+                if execution.job_id in jobs:
                     yield execution, jobs[execution.job_id][1]
+                elif execution.job_id not in fitting:
+                    yield execution, None
             last = batch[-1]
             if self._passed(last):
                 after, crossed = self._next_job((last.create_time, last.job_id, JUMP, ""))
@@ -245,6 +260,13 @@ class _Scan:
         rows = [row for engine in sorted(self.node.engines)
                 for row in read(self.db, query, params | {"engine": engine})]
         return sorted(rows, key=_order)[:size] if len(self.node.engines) > 1 else rows
+
+
+def _fits(execution: Row[Any], free: Resources) -> bool:
+    """Whether what an execution asks for (its row's copy of its job's resources) fits in `free`, as `unsuitable`
+    judges it."""
+    return all(asked <= left + 1e-9 for asked, left in ((execution.cpu, free.cpu), (execution.memory, free.memory),
+                                                          (execution.disk, free.disk), (execution.gpu, free.gpu)))
 
 
 def _through_sqlalchemy(db: Connection, query: Any, params: dict[str, Any]) -> list[Any]:

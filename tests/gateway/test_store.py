@@ -329,6 +329,30 @@ def test_a_busy_node_stops_looking_through_a_backlog_it_has_no_room_for(store: S
     assert len(statements) < 40, len(statements)
 
 
+def test_a_full_node_passes_over_what_does_not_fit_now_without_reading_it_and_still_backfills(
+        store: Store, engine: Engine) -> None:
+    """What an execution asks for is on its row: a claim passes over the jobs that need more than the node has
+    free without reading their specs (4 slots of 500m on 1.6 CPUs: each claim for the fourth passed over 8), and
+    still takes a smaller job behind them."""
+    here, _ = store.register_node(NodeInfo(engines=["wasm"], publishers=["s3managed"], storage_sources=STORAGE_SOURCES,
+                                           capacity={"CPU": 1.6}))
+
+    def asking(cpu: str) -> Any:
+        spec = wasm().wire()
+        spec["Tasks"][0]["Resources"] = {"CPU": cpu}
+        return store.submit(parse_job(spec)[0])
+
+    for _ in range(10):
+        asking("500m")
+    assert len(store.claim(here, 3)) == 3  # 0.1 CPU left; 7 wait (within MAX_BUSY of the small job behind them)
+    got, read = jobs_read(engine, lambda: store.claim(here, 1))
+    assert (got, read) == ([], 0)
+    small = asking("100m")
+    got, read = jobs_read(engine, lambda: store.claim(here, 1))
+    assert [c.execution.job_id for c in got] == [small.id]
+    assert read == 1  # only the one it took
+
+
 def complete_together(store: Store, node_id: str, execution_id: str, start: threading.Barrier) -> None:
     start.wait(10)
     store.complete(node_id, execution_id, RunOutcome(exit_code=0), published=False)
