@@ -263,10 +263,8 @@ class _Scan:
 
 
 def _fits(execution: Row[Any], free: Resources) -> bool:
-    """Whether what an execution asks for (its row's copy of its job's resources) fits in `free`, as `unsuitable`
-    judges it."""
-    return all(asked <= left + 1e-9 for asked, left in ((execution.cpu, free.cpu), (execution.memory, free.memory),
-                                                          (execution.disk, free.disk), (execution.gpu, free.gpu)))
+    """Whether what an execution asks for (its row's copy of its job's resources) fits in `free`."""
+    return Resources(execution.cpu, execution.memory, execution.disk, execution.gpu).fits_in(free)
 
 
 def _through_sqlalchemy(db: Connection, query: Any, params: dict[str, Any]) -> list[Any]:

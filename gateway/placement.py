@@ -18,6 +18,11 @@ from shoal.resources import parse_bytes, parse_cpu
 PREFERENCE_PREFIX = "favour_"
 
 
+def exceeds(asked: float, left: float) -> bool:
+    """More asked for than is left (within float rounding: 0.1 + 0.2 CPUs fit in 0.3)."""
+    return asked > left + 1e-9
+
+
 @dataclass(frozen=True)
 class Resources:
     cpu: float = 0.0
@@ -32,6 +37,11 @@ class Resources:
     def __sub__(self, other: Resources) -> Resources:
         return Resources(self.cpu - other.cpu, self.memory - other.memory, self.disk - other.disk,
                          self.gpu - other.gpu)
+
+    def fits_in(self, free: Resources) -> bool:
+        """Whether this much fits in `free`, as `unsuitable` judges it."""
+        return not any(exceeds(asked, left) for asked, left in ((self.cpu, free.cpu), (self.memory, free.memory),
+                                                                  (self.disk, free.disk), (self.gpu, free.gpu)))
 
     @classmethod
     def from_capacity(cls, capacity: Mapping[str, Any]) -> Resources:
@@ -141,7 +151,7 @@ def unsuitable(node: Node, needs: Needs, free: Resources) -> list[str]:
     wanted = needs.resources
     for name, asked, left, unit in (("CPU", wanted.cpu, free.cpu, ""), ("memory", wanted.memory, free.memory, " B"),
                                     ("disk", wanted.disk, free.disk, " B"), ("GPU", wanted.gpu, free.gpu, "")):
-        if asked > left + 1e-9:
+        if exceeds(asked, left):
             reasons.append(f"not enough {name}: requested {asked:g}{unit}, available {max(left, 0):g}{unit}")
     return reasons
 
