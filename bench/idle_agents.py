@@ -17,7 +17,7 @@ Phases, one gateway throughout: (1) dispatch latency with 0 idle pollers (the ba
 registers and starts N pollers; the benchmark waits until N polls are outstanding, the gateway's CPU has settled
 and the gateway lists N + 1 CONNECTED nodes; (3) one full poll period without submissions, to count the idle
 polls and their CPU; (4) dispatch latency again with the N pollers waiting. Dispatch latency is dispatch.py's
-own measurement (its `one_latency_job`: a `probe now` job, task clock - submit clock, 50 ms pacing, jobs one
+own measurement (its `one_latency_job`: a `tick now` job, task clock - submit clock, 50 ms pacing, jobs one
 after another). The gateway's VmRSS is sampled from /proc every 0.25 s from phase 2 on (and VmHWM read at the
 end). The JSON has the raw latencies, the RSS series, the helper's poll counters and CPU accounting.
 """

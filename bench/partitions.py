@@ -7,8 +7,8 @@ reported.
 
 Each round starts fresh processes on 127.0.0.1, as dispatch.py does: one `shoal serve` (SQLite, defaults) and
 4 `shoal agent` processes with `--max-executions 2`. A warm-up job (Count = agents x slots) runs first, so the
-first compilations of the module are mostly out of the way. Then one batch job of the probe module
-(`probe echo x`, sent inline, `noop` publisher) with Count N: the time runs from just before its
+first compilations of the module are mostly out of the way. Then one batch job of the tick module
+(`tick echo x`, sent inline, `noop` publisher) with Count N: the time runs from just before its
 `PUT /api/v1/orchestrator/jobs` to the job's ModifyTime when the gateway marked it Completed (same host clock);
 partitions/s = N / that time. The job's executions (`GET …/jobs/<id>?include=executions`) are then checked: each
 partition 0..N-1 has exactly one Completed execution with exit code 0 and output `x`. R rounds (default 3, quick
@@ -129,7 +129,7 @@ def main() -> int:
     results: dict[str, Any] = {"machine": machine() | {"database": "sqlite (default, in the data dir)"},
                                "quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     results["parameters"] = {"count": count, "rounds": rounds, "agents": args.agents, "max_executions": SLOTS,
-                             "task": "probe echo x (inline module)", "publisher": "noop",
+                             "task": "tick echo x (inline module)", "publisher": "noop",
                              "warmup_count": args.agents * SLOTS, "gateway_settings": "defaults"}
     runs = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-partitions-") as tmp:

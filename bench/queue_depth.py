@@ -11,12 +11,12 @@ gateway/store.py `_schedule`) with a QueueTimeout of a week, so they wait as Que
 the submissions took is reported (submissions/s, executions/s). Then:
 
 (a) executions the measuring node can NOT run, which its claim has to pass over; the claim is measured as
-    dispatch.py's dispatch latency (its `one_latency_job`: `probe now` WASM jobs one after another, task clock -
+    dispatch.py's dispatch latency (its `one_latency_job`: `tick now` WASM jobs one after another, task clock -
     submit clock, 50 ms pacing) with one real `shoal agent` (wasm, `--max-executions 1`):
     - `engine`: the backlog is Docker jobs (the agents get DOCKER_HOST at a missing socket: wasm only);
     - `label`: the backlog is WASM jobs with a label constraint (`bench-queue = elsewhere`) the agent lacks.
     Compared with a gateway with an empty queue and the same agent; the cases' jobs take turns.
-(b) `claimable`: executions the node CAN run (the probe's `echo x`); the claim is the HTTP round trip of one
+(b) `claimable`: executions the node CAN run (`tick echo x`); the claim is the HTTP round trip of one
     `POST /api/v1/compute/poll` (FreeSlots 1) by a node the benchmark registers itself, answered with its
     assignment; the benchmark then reports it complete (exit 0, nothing published), so the node's active set
     stays empty and the queue loses one execution per sample. Compared with an empty queue, where each sample

@@ -19,6 +19,7 @@ from tests.conftest import FIXTURES, wait_for
 
 PROBE = FIXTURES / "wasm" / "probe.wasm"
 LOOP = FIXTURES / "wasm" / "loop.wat"
+TICK = FIXTURES / "wasm" / "tick.wat"  # bench/dispatch.py's job, assembled as the benchmark assembles it
 ENTRY = "/app/probe.wasm"
 
 # Grows its memory by 64 pages (4 MiB) and traps (unreachable) when the growth is refused.
@@ -197,6 +198,32 @@ def test_a_module_that_cannot_start_never_says_it_started(executor: WasmExecutor
     with pytest.raises(ExecutorError):
         run(executor, task)
     assert calls == []
+
+
+@pytest.mark.parametrize(("args", "stdout", "code"), [
+    (("echo", "a", "bb", "ccc"), b"a bb ccc\n", 0),
+    (("echo",), b"\n", 0),
+    (("nope",), b"", 64),
+    ((), b"", 64),
+])
+def test_the_benchmarks_tick_module_echoes_and_refuses_what_it_does_not_know(
+        executor: WasmExecutor, tmp_path: Path, args: tuple[str, ...], stdout: bytes, code: int) -> None:
+    task = make_task(tmp_path, *args, module=bytes(wasmtime.wat2wasm(TICK.read_text())))
+    assert run(executor, task) == code
+    assert outputs_of(task) == (stdout, b"")
+
+
+def test_the_benchmarks_tick_module_prints_the_wall_clock_in_nanoseconds(executor: WasmExecutor,
+                                                                         tmp_path: Path) -> None:
+    module = bytes(wasmtime.wat2wasm(TICK.read_text()))
+    assert len(module) < 1024  # the point of it: a job spec of about a kilobyte
+    task = make_task(tmp_path, "now", module=module)
+    before = time.time_ns()
+    assert run(executor, task) == 0
+    after = time.time_ns()
+    stdout, stderr = outputs_of(task)
+    assert stdout.endswith(b"\n") and stderr == b""
+    assert before <= int(stdout) <= after
 
 
 @pytest.mark.parametrize(("module", "params", "message"), [
