@@ -19,7 +19,6 @@ import platform
 import random
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +30,7 @@ from compute_agent.inputs import InputFetcher
 from compute_agent.log_shipping import LogShipper
 from compute_agent.publish import publish
 from compute_agent.settings import AgentSettings
+from compute_agent.task_output import TaskOutput
 from compute_agent.workspace import TaskRun
 from shoal import __version__
 from shoal.resources import parse_bytes, parse_cpu
@@ -253,13 +253,13 @@ class Agent:
             executor = self.executors.get(run.engine)
             if executor is None:
                 raise AgentError(f"this agent has no {run.engine} engine")
-            run.create([(r["Name"], r["Path"]) for r in spec.get("ResultPaths") or []])
+            published = (spec.get("Publisher") or {}).get("Type", "s3managed") == "s3managed"
+            run.create([(r["Name"], r["Path"]) for r in spec.get("ResultPaths") or []], published)
             # a WASM entry module sent inline goes to the executor as it came: it is never a file of the task's
             entry = str(run.params.get("EntryModule")) if run.engine == "wasm" else None
             await self._inputs.fetch_all(run, spec.get("InputSources") or [], partition=assignment["PartitionIndex"],
                                          partitions=assignment["PartitionCount"], in_memory=entry)
-            published = (spec.get("Publisher") or {}).get("Type", "s3managed") == "s3managed"
-            shipper = LogShipper(self._gateway, execution_id, {"stdout": run.stdout_path, "stderr": run.stderr_path})
+            shipper = LogShipper(self._gateway, execution_id, {"stdout": run.stdout, "stderr": run.stderr})
             shipper.start()
             started = time.time_ns()
             # Results to publish take a while after the task: say Running at once (without waiting for the answer)
@@ -300,7 +300,8 @@ class Agent:
             if shipper is not None:
                 with contextlib.suppress(Exception):
                     await shipper.close()
-            await asyncio.to_thread(run.remove)
+            if run.root.exists():  # a task that published nothing and saved no input made no folder
+                await asyncio.to_thread(run.remove)
 
     def _cancel_all(self) -> None:
         for task, cancel in list(self._running.values()):
@@ -345,16 +346,13 @@ class _Running:
         self._task.cancel()
 
 
-def _head(path: Path, limit: int = 2048) -> tuple[str, bool]:
-    if not path.exists():
-        return "", False
-    with open(path, "rb") as handle:
-        data = handle.read(limit + 1)
+def _head(output: TaskOutput, limit: int = 2048) -> tuple[str, bool]:
+    data = output.read(0, limit + 1)
     return data[:limit].decode("utf-8", "replace"), len(data) > limit
 
 
 def _outcome(run: TaskRun, exit_code: int) -> dict[str, Any]:
-    stdout, stdout_truncated = _head(run.stdout_path)
-    stderr, stderr_truncated = _head(run.stderr_path)
+    stdout, stdout_truncated = _head(run.stdout)
+    stderr, stderr_truncated = _head(run.stderr)
     return {"ExitCode": exit_code, "Stdout": stdout, "StdoutTruncated": stdout_truncated,
             "Stderr": stderr, "StderrTruncated": stderr_truncated}

@@ -1,5 +1,5 @@
-"""Log shipping: the task's stdout and stderr files are tailed while it runs and sent to the gateway in
-ordered chunks, so users can follow them live. Offsets count characters of each decoded stream."""
+"""Log shipping: the task's stdout and stderr are tailed while it runs and sent to the gateway in ordered
+chunks, so users can follow them live. Offsets count characters of each decoded stream."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import asyncio
 import codecs
 import contextlib
 import logging
-from pathlib import Path
 
 from compute_agent.errors import GatewayError
 from compute_agent.gateway_client import GatewayClient
+from compute_agent.task_output import TaskOutput
 
 log = logging.getLogger("shoal.agent.logs")
 
@@ -21,32 +21,27 @@ MAX_INLINE = 32 << 10  # characters the completion may carry instead of a reques
 
 
 class _Tail:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.position = 0  # bytes read from the file
+    def __init__(self, output: TaskOutput) -> None:
+        self.output = output
+        self.position = 0  # bytes read from the stream
         self.offset = 0  # characters shipped
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pending = ""
 
     def read(self, final: bool) -> None:
-        if self.path.exists():
-            with open(self.path, "rb") as handle:
-                handle.seek(self.position)
-                data = handle.read()
-            self.position += len(data)
-            self.pending += self.decoder.decode(data, final=final)
-        elif final:
-            self.pending += self.decoder.decode(b"", final=True)
+        data = self.output.read(self.position) if self.output.size > self.position else b""
+        self.position += len(data)
+        self.pending += self.decoder.decode(data, final=final)
 
 
 class LogShipper:
-    """Tails `{stream: path}` for one execution until `close()`; a refusal from the gateway (the log cap,
+    """Tails `{stream: output}` for one execution until `close()`; a refusal from the gateway (the log cap,
     the execution gone) stops shipping, never the task."""
 
-    def __init__(self, gateway: GatewayClient, execution_id: str, paths: dict[str, Path]) -> None:
+    def __init__(self, gateway: GatewayClient, execution_id: str, outputs: dict[str, TaskOutput]) -> None:
         self._gateway = gateway
         self._execution_id = execution_id
-        self._tails = {stream: _Tail(path) for stream, path in paths.items()}
+        self._tails = {stream: _Tail(output) for stream, output in outputs.items()}
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._refused = False

@@ -6,6 +6,9 @@
         results/                    archived and uploaded as the execution's result
             stdout  stderr  <ResultPath.Name>/…
             exitCode                written once the task has run, when the results are published
+
+A task whose results are not published keeps its stdout and stderr in memory (up to a point: TaskOutput), and
+its folder is made only for what needs one: a ResultPath or a saved input.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from compute_agent.task_output import IN_MEMORY, TaskOutput
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class TaskRun:
     pids_limit: int = 256
     max_output_bytes: int = 1 << 30
     started: Callable[[], object] = lambda: None  # the executor calls it (in its thread) once the task itself runs
+    stdout: TaskOutput = field(init=False)  # made by create()
+    stderr: TaskOutput = field(init=False)
 
     @property
     def inputs_dir(self) -> Path:
@@ -69,10 +76,15 @@ class TaskRun:
                 return mount.source
         raise KeyError(target)
 
-    def create(self, result_paths: list[tuple[str, str]]) -> None:
-        """Make the results folders (an input makes the folders it is saved in); `result_paths` are (Name, Path)
-        pairs from the spec."""
-        self.results_dir.mkdir(parents=True, exist_ok=True)
+    def create(self, result_paths: list[tuple[str, str]], published: bool = True) -> None:
+        """Make the results folders (an input makes the folders it is saved in) and the output streams;
+        `result_paths` are (Name, Path) pairs from the spec. Results that are not published keep the output
+        streams in memory, up to IN_MEMORY bytes each."""
+        in_memory = 0 if published else IN_MEMORY
+        self.stdout = TaskOutput(self.stdout_path, in_memory)
+        self.stderr = TaskOutput(self.stderr_path, in_memory)
+        if published or result_paths:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
         for name, path in result_paths:
             host = self.results_dir / name
             host.mkdir()

@@ -149,17 +149,19 @@ def _kill(container: Any) -> None:
 
 
 def _copy_output(frames: Any, task: TaskRun) -> None:
-    """Write the attached container's stdout and stderr frames to their files, at most `max_output_bytes`
-    of each, flushing as they come (the agent's log shipper tails the files)."""
+    """Write the attached container's stdout and stderr frames to the task's streams, at most
+    `max_output_bytes` of each, as they come (the agent's log shipper tails them)."""
     cap = task.max_output_bytes
-    with open(task.stdout_path, "wb") as stdout, open(task.stderr_path, "wb") as stderr:
-        written = {stdout: 0, stderr: 0}
-        try:
-            for frame in frames:
-                for handle, data in zip((stdout, stderr), frame, strict=True):
-                    if data and written[handle] < cap:
-                        handle.write(data[: cap - written[handle]])
-                        handle.flush()
-                    written[handle] += len(data or b"")
-        except (DockerException, RequestException, OSError):
-            pass  # the container is gone; what arrived is kept
+    streams = (task.stdout, task.stderr)
+    written = [0, 0]
+    try:
+        for frame in frames:
+            for index, data in enumerate(frame):
+                if data and written[index] < cap:
+                    streams[index].write(data[: cap - written[index]])
+                written[index] += len(data or b"")
+    except (DockerException, RequestException, OSError):
+        pass  # the container is gone; what arrived is kept
+    finally:
+        for stream in streams:
+            stream.close()

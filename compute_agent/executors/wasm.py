@@ -136,7 +136,7 @@ class WasmExecutor:
 
 class _Watch:
     """A thread for each running task, for what goes on beside it. It copies what the module writes to its two
-    output streams to the task's stdout and stderr files as it comes (the agent's log shipper tails them),
+    output streams to the task's stdout and stderr (TaskOutput) as it comes (the agent's log shipper tails them),
     keeping at most the task's output cap of each, as Docker tasks do: each stream is a pipe whose write end
     wasmtime opens by its path (`outputs`, /dev/fd/N), so no file is made for it. And it interrupts the module (one
     epoch tick of its engine) when the execution is cancelled or times out, saying which in `interrupted`. A write
@@ -149,10 +149,10 @@ class _Watch:
         self.engine, self.cancel, self.cap = engine, cancel, task.max_output_bytes
         self.deadline = time.monotonic() + task.timeout if task.timeout else None
         self.interrupted = ""
-        self.files = (task.stdout_path, task.stderr_path)
+        self.streams = (task.stdout, task.stderr)
         self._fds: list[int] = []
         self._writers: list[int] = []  # ours, closed once wasmtime has opened its own: EOF when the store is gone
-        for _ in self.files:
+        for _ in self.streams:
             read, write = os.pipe()
             os.set_blocking(read, False)
             self._fds.append(read)
@@ -168,8 +168,7 @@ class _Watch:
 
     def _run(self) -> None:
         written = [0, 0]
-        with open(self.files[0], "wb") as stdout, open(self.files[1], "wb") as stderr:
-            files = (stdout, stderr)
+        try:
             while True:
                 stopping = self._stop.is_set()
                 self._interrupt_if_due()
@@ -183,14 +182,16 @@ class _Watch:
                     if data:  # b"": every writer has closed
                         copied = True
                         if written[index] < self.cap:
-                            files[index].write(data[: self.cap - written[index]])
-                            files[index].flush()
+                            self.streams[index].write(data[: self.cap - written[index]])
                         written[index] += len(data)
                 if copied:
                     continue
                 if stopping:
                     return
                 select.select([*waiting, self._wake_r], [], [], self._wait())
+        finally:
+            for stream in self.streams:
+                stream.close()
 
     def _interrupt_if_due(self) -> None:
         if self.interrupted:

@@ -65,8 +65,8 @@ class _SlowStart:
         if self.says_started:
             task.started()
         cancel.wait(self.runs)
-        for path in (task.stdout_path, task.stderr_path):
-            path.write_bytes(b"")
+        for stream in (task.stdout, task.stderr):
+            stream.close()
         return 0
 
 

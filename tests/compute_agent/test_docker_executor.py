@@ -108,14 +108,14 @@ def test_stdout_stderr_and_exit_code(executor: DockerExecutor, docker_engine: An
     task.started = lambda: started.append(1)
     assert run(executor, docker_engine, task) == 3
     assert started == [1], "the task says it started, once, when its container has"
-    assert task.stdout_path.read_bytes() == b"out\nsecond line"
-    assert task.stderr_path.read_bytes() == b"err\n"
+    assert task.stdout.read() == b"out\nsecond line"
+    assert task.stderr.read() == b"err\n"
 
 
 def test_binary_output_is_kept_byte_for_byte(executor: DockerExecutor, docker_engine: Any, tmp_path: Path) -> None:
     task = make_task(tmp_path, r"printf '\377\376\000\001 binary'")
     assert run(executor, docker_engine, task) == 0
-    assert task.stdout_path.read_bytes() == b"\xff\xfe\x00\x01 binary"
+    assert task.stdout.read() == b"\xff\xfe\x00\x01 binary"
 
 
 def test_environment_and_parameters(executor: DockerExecutor, docker_engine: Any, tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_environment_and_parameters(executor: DockerExecutor, docker_engine: Any
                              "Parameters": ['echo "$GREETING|$FROM_PARAMS|$0|$1"; pwd', "zero", "one"],
                              "WorkingDirectory": "/tmp"})
     assert run(executor, docker_engine, task) == 0
-    assert task.stdout_path.read_text() == "hi there|a=b|zero|one\n/tmp\n"
+    assert task.stdout.read().decode() == "hi there|a=b|zero|one\n/tmp\n"
 
 
 def test_output_over_max_output_bytes_is_cut_and_the_task_still_completes(executor: DockerExecutor,
@@ -133,8 +133,8 @@ def test_output_over_max_output_bytes_is_cut_and_the_task_still_completes(execut
     task = make_task(tmp_path, f"i=0; while [ $i -lt 3000 ]; do echo {line.strip()}; echo E{line.strip()} >&2; "
                                "i=$((i+1)); done; exit 4", max_output_bytes=1000)
     assert run(executor, docker_engine, task) == 4
-    assert task.stdout_path.read_text() == (line * 30)[:1000]
-    assert task.stderr_path.read_text() == (("E" + line) * 30)[:1000]
+    assert task.stdout.read().decode() == (line * 30)[:1000]
+    assert task.stderr.read().decode() == (("E" + line) * 30)[:1000]
 
 
 def test_no_network_but_loopback(executor: DockerExecutor, docker_engine: Any, tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_no_network_but_loopback(executor: DockerExecutor, docker_engine: Any, t
     # test_the_running_container_is_locked_down_and_removed_after_cancel is the one that tells them apart)
     task = make_task(tmp_path, "tail -n +3 /proc/net/dev | cut -d: -f1; echo; ls /sys/class/net")
     assert run(executor, docker_engine, task) == 0
-    dev, listed = task.stdout_path.read_text().split("\n\n")
+    dev, listed = task.stdout.read().decode().split("\n\n")
     assert dev.split() == ["lo"]
     assert listed.split() == ["lo"]
 
@@ -154,7 +154,7 @@ def test_limits_are_applied_to_the_cgroup(executor: DockerExecutor, docker_engin
     task = make_task(tmp_path, f"if [ -d /sys/fs/cgroup/memory ]; then echo v1; cat {v1}; else echo v2; cat {v2}; fi",
                      memory=64 * MiB, pids_limit=77, cpu=0.25)
     assert run(executor, docker_engine, task) == 0
-    version, *values = task.stdout_path.read_text().split()
+    version, *values = task.stdout.read().decode().split()
     if version == "v1":
         assert values == [str(64 * MiB), str(64 * MiB), "77", "25000", "100000"]
     else:
@@ -171,10 +171,10 @@ def test_the_pids_limit_refuses_forks_over_it(executor: DockerExecutor, docker_e
                      pids_limit=limit)
     assert run(executor, docker_engine, task) == code
     if code:
-        assert "can't fork" in task.stderr_path.read_text()
-        assert task.stdout_path.read_text() == ""
+        assert "can't fork" in task.stderr.read().decode()
+        assert task.stdout.read().decode() == ""
     else:
-        assert task.stdout_path.read_text() == "finished\n"
+        assert task.stdout.read().decode() == "finished\n"
 
 
 def test_capabilities_are_dropped_and_privileges_cannot_be_gained(executor: DockerExecutor, docker_engine: Any,
@@ -182,12 +182,12 @@ def test_capabilities_are_dropped_and_privileges_cannot_be_gained(executor: Dock
     task = make_task(tmp_path, "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status;"
                                " chown 1234 /tmp; echo chown=$?")
     assert run(executor, docker_engine, task) == 0
-    *lines, chown = task.stdout_path.read_text().splitlines()
+    *lines, chown = task.stdout.read().decode().splitlines()
     assert chown == "chown=1"  # root without CAP_CHOWN
     fields = dict(line.split(":\t") for line in lines)
     assert fields == {"CapInh": "0000000000000000", "CapPrm": "0000000000000000", "CapEff": "0000000000000000",
                       "CapBnd": "0000000000000000", "CapAmb": "0000000000000000", "NoNewPrivs": "1"}
-    assert "Operation not permitted" in task.stderr_path.read_text()
+    assert "Operation not permitted" in task.stderr.read().decode()
 
 
 def test_inputs_are_read_only_and_result_paths_writable(executor: DockerExecutor, docker_engine: Any,
@@ -202,8 +202,8 @@ def test_inputs_are_read_only_and_result_paths_writable(executor: DockerExecutor
         outputs=(("outputs", "/outputs"), ("empty", "/empty")),
     )
     assert run(executor, docker_engine, task) == 0
-    assert task.stdout_path.read_text() == "original\nfolder file\nfile=1\nfolder=1\n"
-    assert task.stderr_path.read_text().count("Read-only file system") == 2
+    assert task.stdout.read().decode() == "original\nfolder file\nfile=1\nfolder=1\n"
+    assert task.stderr.read().decode().count("Read-only file system") == 2
     assert task.input_at("/inputs/data.txt").read_bytes() == b"original\n"
     assert sorted(p.name for p in task.input_at("/data").iterdir()) == ["a.txt"]
     assert (task.results_dir / "outputs" / "answer.txt").read_text() == "forty-two\n"
@@ -250,7 +250,7 @@ def test_a_timeout_kills_the_task_and_removes_the_container(executor: DockerExec
 def test_a_failing_task_is_removed_too(executor: DockerExecutor, docker_engine: Any, tmp_path: Path) -> None:
     task = make_task(tmp_path, "echo dying >&2; sh -c 'kill -9 $$'; exit $?")
     assert run(executor, docker_engine, task) == 137
-    assert task.stderr_path.read_text().startswith("dying\n")
+    assert task.stderr.read().decode().startswith("dying\n")
 
 
 def test_a_container_that_cannot_start_is_a_system_error_and_removed(executor: DockerExecutor, docker_engine: Any,
@@ -290,7 +290,7 @@ def test_pulling_does_not_count_against_the_timeout(executor: DockerExecutor, do
     task = make_task(tmp_path, "sleep 0.7; echo done", timeout=1.5)
     assert run(executor, docker_engine, task) == 0
     assert pulls == [TEST_IMAGE]
-    assert task.stdout_path.read_text() == "done\n"
+    assert task.stdout.read().decode() == "done\n"
 
 
 def test_reap_removes_only_this_nodes_leftovers(executor: DockerExecutor, docker_engine: Any) -> None:

@@ -1,5 +1,6 @@
-"""Log shipping: the stdout/stderr files tailed while the task writes them and sent as ordered chunks to a real
-HTTP server standing in for the gateway's logs endpoint."""
+"""Log shipping: a task's stdout and stderr tailed while the task writes them and sent as ordered chunks to a
+real HTTP server standing in for the gateway's logs endpoint. The streams are kept in memory up to 16 bytes and
+in their files beyond, so most scenarios cross from one to the other."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from compute_agent.gateway_client import GatewayClient
 from compute_agent.log_shipping import MAX_CHUNK, MAX_INLINE, LogShipper
+from compute_agent.task_output import TaskOutput
 from tests.compute_agent.http_recorder import Recorded, RecordingServer, Reply
 from tests.conftest import wait_until
 
@@ -50,17 +52,16 @@ def reassemble(chunks: list[tuple[int, str]]) -> str:
     return text
 
 
-def append(path: Path, data: bytes) -> None:
-    with open(path, "ab") as handle:
-        handle.write(data)
+def append(output: TaskOutput, data: bytes) -> None:
+    output.write(data)
 
 
-Scenario = Callable[[LogShipper, Path, Path], Awaitable[None]]
+Scenario = Callable[[LogShipper, TaskOutput, TaskOutput], Awaitable[None]]
 
 
 def ship(server: RecordingServer, tmp_path: Path, scenario: Scenario, *, start: bool = True) -> None:
     """Run `scenario(shipper, stdout, stderr)` with a started shipper; it is closed afterwards if still open."""
-    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    stdout, stderr = TaskOutput(tmp_path / "stdout", in_memory=16), TaskOutput(tmp_path / "stderr", in_memory=16)
 
     async def main() -> None:
         gateway = GatewayClient(server.url, poll_seconds=1)
@@ -80,7 +81,7 @@ def ship(server: RecordingServer, tmp_path: Path, scenario: Scenario, *, start: 
 def test_chunks_are_shipped_live_in_order_with_contiguous_offsets(tmp_path: Path) -> None:
     server = RecordingServer(kept)
 
-    async def scenario(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def scenario(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, b"line 1\n")
         await wait_until(lambda: accepted(server).get("stdout"), "the first line to be shipped before close")
         append(stdout, b"line 2\n")
@@ -103,7 +104,7 @@ def test_long_output_is_cut_into_chunks_of_at_most_max_chunk(tmp_path: Path) -> 
     server = RecordingServer(kept)
     text = "".join(f"{i:07d}\n" for i in range(12_000))  # 96 000 characters
 
-    async def scenario(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def scenario(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, text.encode())
         await shipper.close()
 
@@ -118,7 +119,7 @@ def test_long_output_is_cut_into_chunks_of_at_most_max_chunk(tmp_path: Path) -> 
 def test_offsets_count_characters_and_a_character_split_between_reads_is_kept_whole(tmp_path: Path) -> None:
     server = RecordingServer(kept)
 
-    async def scenario(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def scenario(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, b"h" + "é".encode()[:1])  # the first byte of a two-byte character
         await wait_until(lambda: accepted(server).get("stdout"), "the complete part to be shipped")
         append(stdout, "é".encode()[1:] + "llo €uro\n".encode())
@@ -131,7 +132,7 @@ def test_offsets_count_characters_and_a_character_split_between_reads_is_kept_wh
 def test_invalid_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
     server = RecordingServer(kept)
 
-    async def scenario(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def scenario(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, b"ok \xff\xfe done\n\xc3")  # ends inside a character: flushed as a replacement at close
         await shipper.close()
 
@@ -139,10 +140,10 @@ def test_invalid_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
     assert reassemble(accepted(server)["stdout"]) == "ok \ufffd\ufffd done\n\ufffd"
 
 
-def test_close_ships_what_is_left_and_missing_files_send_nothing(tmp_path: Path) -> None:
+def test_close_ships_what_is_left_and_an_empty_stream_sends_nothing(tmp_path: Path) -> None:
     server = RecordingServer(kept)
 
-    async def scenario(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def scenario(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, b"written before the first tick\n")
         await shipper.close()  # before INTERVAL: only close() can have shipped it
 
@@ -161,7 +162,7 @@ def test_a_server_error_requeues_the_chunks_for_the_next_batch(tmp_path: Path) -
 
     server = RecordingServer(flaky)
 
-    async def scenario(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def scenario(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, b"abc")
         await wait_until(lambda: server.answered_snapshot(), "the refused batch")
         append(stdout, b"def")
@@ -180,7 +181,7 @@ def test_a_server_error_requeues_the_chunks_for_the_next_batch(tmp_path: Path) -
 def test_a_refusal_stops_shipping_for_good(tmp_path: Path, status: int) -> None:
     server = RecordingServer(lambda request: Reply.of_json({"Message": "no more logs"}, status))
 
-    async def scenario(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def scenario(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, b"abc")
         await wait_until(lambda: server.answered_snapshot(), "the refused batch")
         append(stdout, b"more")
@@ -195,7 +196,7 @@ def test_a_burst_is_sent_in_requests_the_gateway_accepts(tmp_path: Path) -> None
     server = RecordingServer(kept)
     text = ("y" * 99 + "\n") * 30_000  # 3 MB written before the first tick
 
-    async def scenario(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def scenario(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, text.encode())
         await shipper.close()
 
@@ -217,7 +218,7 @@ def test_close_does_not_lose_a_batch_that_was_in_flight(tmp_path: Path) -> None:
 
     server = RecordingServer(slow_then_failing)
 
-    async def scenario(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def scenario(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, b"first ")
         await wait_until(first.is_set, "the first batch to be in flight")
         append(stdout, b"second\n")
@@ -238,7 +239,7 @@ def test_a_short_tasks_output_is_handed_back_for_the_completion_and_a_long_ones_
     server = RecordingServer(kept)
     handed: list[list[dict[str, object]]] = []
 
-    async def short(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def short(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, b"done\n")
         append(stderr, b"note\n")
         handed.append(await shipper.finish())
@@ -252,7 +253,7 @@ def test_a_short_tasks_output_is_handed_back_for_the_completion_and_a_long_ones_
     long_text = "x" * (MAX_INLINE + 1)
     server = RecordingServer(kept)
 
-    async def long(shipper: LogShipper, stdout: Path, stderr: Path) -> None:
+    async def long(shipper: LogShipper, stdout: TaskOutput, stderr: TaskOutput) -> None:
         append(stdout, long_text.encode())
         handed.append(await shipper.finish())
 

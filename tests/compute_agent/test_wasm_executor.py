@@ -14,6 +14,7 @@ import wasmtime
 
 from compute_agent.errors import ExecutorError, TimeoutExpired
 from compute_agent.executors.wasm import WasmExecutor
+from compute_agent.task_output import IN_MEMORY
 from compute_agent.workspace import Mount, TaskRun
 from tests.conftest import FIXTURES, wait_for
 
@@ -66,7 +67,7 @@ def run(executor: WasmExecutor, task: TaskRun) -> int:
 
 
 def outputs_of(task: TaskRun) -> tuple[bytes, bytes]:
-    return task.stdout_path.read_bytes(), task.stderr_path.read_bytes()
+    return task.stdout.read(), task.stderr.read()
 
 
 def test_argv_reaches_the_module(executor: WasmExecutor, tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ def test_the_env_is_exactly_the_tasks(executor: WasmExecutor, tmp_path: Path) ->
     task = make_task(tmp_path, "env", env={"GREETING": "hi there", "EMPTY": "", "WITH_EQUALS": "a=b"})
     assert run(executor, task) == 0
     # nothing of the agent's own environment (PATH, HOME, …) leaks into the module
-    assert task.stdout_path.read_text().splitlines() == ["EMPTY=", "GREETING=hi there", "WITH_EQUALS=a=b"]
+    assert task.stdout.read().decode().splitlines() == ["EMPTY=", "GREETING=hi there", "WITH_EQUALS=a=b"]
 
 
 @pytest.mark.parametrize("code", [0, 3, 125])  # WASI exit statuses stop at 125
@@ -97,6 +98,35 @@ def test_stdout_and_stderr_are_separate_files_in_the_results_dir(executor: WasmE
     stdout, stderr = outputs_of(task)
     assert stdout == b""
     assert stderr.startswith(b"cat: /inputs/missing.txt: ")
+    # results to publish: the streams are the files archived with them, the empty one too
+    assert (task.stdout_path.read_bytes(), task.stderr_path.read_bytes()) == (stdout, stderr)
+
+
+def unpublished_task(tmp_path: Path, *args: str) -> TaskRun:
+    """A task the agent runs for results it does not publish: its module handed over in memory, no ResultPath."""
+    task = TaskRun(execution_id="unpublished-id", node_id="node-1", engine="wasm",
+                   params={"EntryModule": ENTRY, "Parameters": list(args)}, env={}, root=tmp_path / "unpublished")
+    task.create([], published=False)
+    task.in_memory[ENTRY] = PROBE.read_bytes()
+    return task
+
+
+def test_unpublished_output_is_kept_in_memory_and_nothing_is_made_on_disk(executor: WasmExecutor,
+                                                                           tmp_path: Path) -> None:
+    task = unpublished_task(tmp_path, "echo", "hello", "there")
+    assert run(executor, task) == 0
+    assert outputs_of(task) == (b"hello there\n", b"")
+    assert not task.root.exists()
+
+
+def test_unpublished_output_past_the_memory_limit_goes_on_in_its_file(executor: WasmExecutor, tmp_path: Path) -> None:
+    size = IN_MEMORY + 300_000
+    task = unpublished_task(tmp_path, "big", str(size))
+    assert run(executor, task) == 0
+    expected = ((b"x" * 64 + b"\n") * (size // 65 + 1))[:size]
+    assert task.stdout.read() == expected
+    assert task.stdout_path.read_bytes() == expected
+    assert not task.stderr_path.exists()
 
 
 def test_large_output_below_the_cap_is_kept_byte_for_byte(executor: WasmExecutor, tmp_path: Path) -> None:
@@ -104,13 +134,13 @@ def test_large_output_below_the_cap_is_kept_byte_for_byte(executor: WasmExecutor
     task = make_task(tmp_path, "big", str(size))
     assert run(executor, task) == 0
     expected = (b"x" * 64 + b"\n") * (size // 65 + 1)
-    assert task.stdout_path.read_bytes() == expected[:size]
+    assert task.stdout.read() == expected[:size]
 
 
 def test_output_over_max_output_bytes_is_capped_like_docker(executor: WasmExecutor, tmp_path: Path) -> None:
     task = make_task(tmp_path, "big", "200000", max_output_bytes=1000)
     assert run(executor, task) == 0
-    assert task.stdout_path.read_bytes() == ((b"x" * 64 + b"\n") * 16)[:1000]
+    assert task.stdout.read() == ((b"x" * 64 + b"\n") * 16)[:1000]
 
 
 def test_inputs_are_readable(executor: WasmExecutor, tmp_path: Path) -> None:
@@ -132,7 +162,7 @@ def test_a_file_input_cannot_be_overwritten(executor: WasmExecutor, tmp_path: Pa
 def test_nothing_can_be_created_in_an_input_folder(executor: WasmExecutor, tmp_path: Path) -> None:
     task = make_task(tmp_path, "write", "/data/new.txt", "sneaky", folders={"/data": {"a.txt": b"a", "b.txt": b"b"}})
     assert run(executor, task) == 3
-    assert task.stderr_path.read_bytes().startswith(b"write failed: ")
+    assert task.stderr.read().startswith(b"write failed: ")
     assert sorted(p.name for p in task.input_at("/data").iterdir()) == ["a.txt", "b.txt"]
 
 
@@ -146,14 +176,14 @@ def test_a_folder_input_is_listed_at_its_target(executor: WasmExecutor, tmp_path
 def test_nothing_outside_the_preopens_is_visible(executor: WasmExecutor, tmp_path: Path, path: str) -> None:
     task = make_task(tmp_path, "cat", path)
     assert run(executor, task) == 2
-    assert task.stdout_path.read_bytes() == b""
+    assert task.stdout.read() == b""
 
 
 def test_result_paths_are_writable_and_land_under_results_name(executor: WasmExecutor, tmp_path: Path) -> None:
     outputs = (("outputs", "/outputs"), ("metrics", "/work/metrics"))
     first = make_task(tmp_path, "write", "/outputs/answer.txt", "forty-two", outputs=outputs, name="first")
     assert run(executor, first) == 0
-    assert first.stdout_path.read_text() == "wrote /outputs/answer.txt\n"
+    assert first.stdout.read().decode() == "wrote /outputs/answer.txt\n"
     assert (first.results_dir / "outputs" / "answer.txt").read_text() == "forty-two\n"
     assert list((first.results_dir / "metrics").iterdir()) == []
 
@@ -170,7 +200,7 @@ def test_an_entry_module_folder_of_one_file_is_run(executor: WasmExecutor, tmp_p
     entry.mkdir()
     (entry / "downloaded.wasm").write_bytes(PROBE.read_bytes())
     assert run(executor, task) == 0
-    assert task.stdout_path.read_text() == "from a folder\n"
+    assert task.stdout.read().decode() == "from a folder\n"
 
 
 def test_an_entry_module_handed_over_in_memory_is_run_without_a_file(executor: WasmExecutor, tmp_path: Path) -> None:
@@ -336,7 +366,7 @@ def test_compiled_modules_are_reused_by_digest(executor: WasmExecutor, tmp_path:
     # the same bytes under another name and execution: the module its engine loaded runs again
     second = make_task(tmp_path, "echo", "two", name="second")
     assert run(executor, second) == 0
-    assert second.stdout_path.read_text() == "two\n"
+    assert second.stdout.read().decode() == "two\n"
     assert module_spy == {"compiled": 1, "deserialized": 0}
 
     # while another module spins on that engine, the same bytes run on an engine of their own, into which the
@@ -346,7 +376,7 @@ def test_compiled_modules_are_reused_by_digest(executor: WasmExecutor, tmp_path:
     wait_for(lambda: module_spy["compiled"] == 2, timeout=10, what="the loop module compiled")
     third = make_task(tmp_path, "echo", "three", name="third")
     assert run(executor, third) == 0
-    assert third.stdout_path.read_text() == "three\n"
+    assert third.stdout.read().decode() == "three\n"
     assert module_spy == {"compiled": 2, "deserialized": 1}
     cancel.set()
     thread.join(10)
@@ -355,7 +385,7 @@ def test_compiled_modules_are_reused_by_digest(executor: WasmExecutor, tmp_path:
     # the engine that interrupted the loop runs the next task, uninterrupted, with the module it had loaded
     fourth = make_task(tmp_path, "echo", "four", name="fourth")
     assert run(executor, fourth) == 0
-    assert fourth.stdout_path.read_text() == "four\n"
+    assert fourth.stdout.read().decode() == "four\n"
     assert module_spy == {"compiled": 2, "deserialized": 1}
 
     # other bytes are another digest
