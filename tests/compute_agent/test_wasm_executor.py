@@ -337,6 +337,21 @@ def test_cancel_interrupts_a_spinning_module(executor: WasmExecutor, tmp_path: P
     assert str(error) == "the execution was cancelled"
 
 
+@pytest.mark.timeout(30)
+def test_interrupting_one_running_module_leaves_the_others_running(executor: WasmExecutor, tmp_path: Path) -> None:
+    cancel_first, cancel_second = threading.Event(), threading.Event()
+    first, first_outcome = _run_in_thread(executor, make_task(tmp_path, "spin", name="first"), cancel_first)
+    second, second_outcome = _run_in_thread(executor, make_task(tmp_path, "spin", name="second", timeout=1.5),
+                                            cancel_second)
+    cancel_first.set()
+    first.join(10)
+    assert str(first_outcome.get("error")) == "the execution was cancelled", first_outcome
+    assert second.is_alive(), f"the second module stopped with the first: {second_outcome}"
+    second.join(10)
+    assert isinstance(second_outcome.get("error"), TimeoutExpired), second_outcome
+    assert 1.5 <= second_outcome["elapsed"] < 5.0
+
+
 @pytest.fixture
 def module_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """Counts compilations (Module(...)) and cache loads (Module.deserialize) made by the executor."""
