@@ -16,9 +16,12 @@ IN_MEMORY = 1 << 20  # bytes of a stream kept in memory when the task's results 
 
 
 class TaskOutput:
-    def __init__(self, path: Path, in_memory: int = 0) -> None:
+    """Keeps at most `cap` bytes (the task's output cap, as Docker and WASM tasks have it); the rest is dropped."""
+
+    def __init__(self, path: Path, in_memory: int = 0, cap: int | None = None) -> None:
         self.path = path
         self._limit = in_memory
+        self._cap = cap
         self._memory: bytearray | None = bytearray() if in_memory else None
         self._file: int | None = None  # our descriptor of the file, from its first write to close()
         self._made = False  # the file
@@ -27,14 +30,16 @@ class TaskOutput:
 
     @property
     def size(self) -> int:
-        """Bytes written so far."""
+        """Bytes kept so far."""
         return self._size
 
     def write(self, data: bytes) -> None:
-        """Append `data`; readers see it as soon as this returns."""
-        if not data:
-            return
+        """Append `data`, up to the cap; readers see it as soon as this returns."""
         with self._lock:
+            if self._cap is not None:
+                data = data[: max(0, self._cap - self._size)]
+            if not data:
+                return
             if self._memory is not None and self._size + len(data) > self._limit:
                 self._spill()
             if self._memory is not None:

@@ -78,11 +78,11 @@ class TaskRun:
 
     def create(self, result_paths: list[tuple[str, str]], published: bool = True) -> None:
         """Make the results folders (an input makes the folders it is saved in) and the output streams;
-        `result_paths` are (Name, Path) pairs from the spec. Results that are not published keep the output
-        streams in memory, up to IN_MEMORY bytes each."""
+        `result_paths` are (Name, Path) pairs from the spec. Each stream keeps at most `max_output_bytes`; results
+        that are not published keep them in memory, up to IN_MEMORY bytes each."""
         in_memory = 0 if published else IN_MEMORY
-        self.stdout = TaskOutput(self.stdout_path, in_memory)
-        self.stderr = TaskOutput(self.stderr_path, in_memory)
+        self.stdout = TaskOutput(self.stdout_path, in_memory, self.max_output_bytes)
+        self.stderr = TaskOutput(self.stderr_path, in_memory, self.max_output_bytes)
         if published or result_paths:
             self.results_dir.mkdir(parents=True, exist_ok=True)
         for name, path in result_paths:

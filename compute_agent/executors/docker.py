@@ -149,17 +149,14 @@ def _kill(container: Any) -> None:
 
 
 def _copy_output(frames: Any, task: TaskRun) -> None:
-    """Write the attached container's stdout and stderr frames to the task's streams, at most
-    `max_output_bytes` of each, as they come (the agent's log shipper tails them)."""
-    cap = task.max_output_bytes
+    """Write the attached container's stdout and stderr frames to the task's streams (which keep at most
+    `max_output_bytes` of each) as they come (the agent's log shipper tails them)."""
     streams = (task.stdout, task.stderr)
-    written = [0, 0]
     try:
         for frame in frames:
-            for index, data in enumerate(frame):
-                if data and written[index] < cap:
-                    streams[index].write(data[: cap - written[index]])
-                written[index] += len(data or b"")
+            for stream, data in zip(streams, frame, strict=True):
+                if data:
+                    stream.write(data)
     except (DockerException, RequestException, OSError):
         pass  # the container is gone; what arrived is kept
     finally:

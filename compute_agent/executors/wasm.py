@@ -136,8 +136,8 @@ class WasmExecutor:
 
 class _Watch:
     """A thread for each running task, for what goes on beside it. It copies what the module writes to its two
-    output streams to the task's stdout and stderr (TaskOutput) as it comes (the agent's log shipper tails them),
-    keeping at most the task's output cap of each, as Docker tasks do: each stream is a pipe whose write end
+    output streams to the task's stdout and stderr (TaskOutput, which keeps at most the task's output cap) as it
+    comes (the agent's log shipper tails them): each stream is a pipe whose write end
     wasmtime opens by its path (`outputs`, /dev/fd/N), so no file is made for it. And it interrupts the module (one
     epoch tick of its engine) when the execution is cancelled or times out, saying which in `interrupted`. A write
     returns once its bytes are in the pipe, so when the module has returned, `close()` drains the rest; it wakes
@@ -146,7 +146,7 @@ class _Watch:
     TICK = 0.05  # seconds between looks at the cancel flag, and at a stream with no writer
 
     def __init__(self, task: TaskRun, engine: wasmtime.Engine, cancel: threading.Event) -> None:
-        self.engine, self.cancel, self.cap = engine, cancel, task.max_output_bytes
+        self.engine, self.cancel = engine, cancel
         self.deadline = time.monotonic() + task.timeout if task.timeout else None
         self.interrupted = ""
         self.streams = (task.stdout, task.stderr)
@@ -167,7 +167,6 @@ class _Watch:
         self._done = _WATCHING.submit(self._run)
 
     def _run(self) -> None:
-        written = [0, 0]
         try:
             while True:
                 stopping = self._stop.is_set()
@@ -181,9 +180,7 @@ class _Watch:
                         continue
                     if data:  # b"": every writer has closed
                         copied = True
-                        if written[index] < self.cap:
-                            self.streams[index].write(data[: self.cap - written[index]])
-                        written[index] += len(data)
+                        self.streams[index].write(data)
                 if copied:
                     continue
                 if stopping:

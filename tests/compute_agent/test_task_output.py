@@ -66,3 +66,13 @@ def test_a_reader_sees_every_byte_while_a_thread_writes_across_the_limit(tmp_pat
         seen += output.read(len(seen))
     thread.join()
     assert bytes(seen) == b"".join(chunks)
+
+
+@pytest.mark.parametrize("in_memory", [0, 100], ids=["on disk", "in memory"])
+def test_what_comes_past_the_cap_is_dropped(tmp_path: Path, in_memory: int) -> None:
+    output = TaskOutput(tmp_path / "stdout", in_memory=in_memory, cap=10)
+    output.write(b"0123456")
+    output.write(b"789abc")
+    output.write(b"more")
+    output.close()
+    assert (output.read(), output.size) == (b"0123456789", 10)
