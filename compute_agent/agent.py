@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from compute_agent.completions import Completions
 from compute_agent.errors import AgentError, GatewayError, NotRegistered
 from compute_agent.executors import Executor, default_executors
 from compute_agent.gateway_client import GatewayClient
@@ -57,6 +58,8 @@ class Agent:
         self._inputs = InputFetcher(self._downloads, limit=settings.max_input_bytes,
                                     allowed=settings.allowed_local_paths)
         self._running: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}
+        self._completions = Completions(self._gateway, running=lambda: len(self._running), take=self._take,
+                                        slots=lambda: None if self._stopping.is_set() else settings.slots)
         self._info_sent = -INFO_REFRESH  # monotonic time the node's info last went with a poll
         self._stopping = asyncio.Event()
 
@@ -70,6 +73,7 @@ class Agent:
 
     async def __aexit__(self, *_: object) -> None:
         await self._shutdown()
+        await self._completions.close()
         await self._gateway.aclose()
         await self._downloads.aclose()
 
@@ -207,6 +211,7 @@ class Agent:
         def finished(_: asyncio.Task[None]) -> None:
             self._running.pop(execution_id, None)
             launched.set()
+            self._completions.changed()
 
         task.add_done_callback(finished)
         return launched
@@ -273,11 +278,9 @@ class Agent:
                 await shipper.close()
                 await publish(self._gateway, execution_id, run.results_dir, run.root)
             # the completion fills the slot it frees (the agent's poll waits on), unless the agent stops
-            taken = await self._gateway.complete(execution_id, _outcome(run, exit_code) | {
-                "Published": published, "Logs": logs, "StartTime": 0 if reported else started,
-            } | ({} if self._stopping.is_set() else {"Slots": self.settings.slots}))
+            await self._completions.report(execution_id, _outcome(run, exit_code) | {
+                "Published": published, "Logs": logs, "StartTime": 0 if reported else started})
             log.info("execution %s completed with exit code %d", execution_id, exit_code)
-            await self._take(taken)
         except asyncio.CancelledError:
             cancel.set()
             if worker is not None:

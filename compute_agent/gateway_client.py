@@ -46,14 +46,14 @@ class GatewayClient:
             await self._session.close()
         await self._uploads.aclose()
 
-    async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes]:
+    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         """POST to the current replica; when it refuses connections, to the next ones in turn (the request was
         never sent, so trying again elsewhere is safe). Returns the answer's status and body."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         for _ in range(len(self._urls)):
             try:
-                async with self._session.post(self.url + _BASE + path, data=orjson.dumps(body), headers=headers,
+                async with self._session.post(self.url + _BASE + path, data=body, headers=headers,
                                               proxy=self._proxies[self._current]) as response:
                     return response.status, await response.read()
             except aiohttp.ClientConnectorError as exc:
@@ -63,10 +63,11 @@ class GatewayClient:
                 raise GatewayError(f"cannot reach the gateway: {exc!r}") from exc
         raise GatewayError(f"cannot reach the gateway: {error!r}") from error
 
-    async def _call(self, path: str, body: dict[str, Any], *, auth: str | None = None) -> dict[str, Any] | None:
+    async def _call(self, path: str, body: dict[str, Any] | bytes, *,
+                    auth: str | None = None) -> dict[str, Any] | None:
         token = self.credential if auth is None else auth
         headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-        status, content = await self._post(path, body, headers)
+        status, content = await self._post(path, body if isinstance(body, bytes) else orjson.dumps(body), headers)
         if status == 204:
             return None
         try:
@@ -105,10 +106,12 @@ class GatewayClient:
     async def logs(self, execution_id: str, chunks: list[dict[str, Any]]) -> None:
         await self._call(f"/executions/{execution_id}/logs", {"Chunks": chunks})
 
-    async def complete(self, execution_id: str, outcome: dict[str, Any]) -> list[dict[str, Any]]:
-        """Report the execution completed; with `Slots` in `outcome`, the executions taken for its slot."""
-        reply = await self._call(f"/executions/{execution_id}/complete", outcome)
-        return list((reply or {}).get("Executions") or [])
+    async def complete_all(self, completions: Sequence[bytes], slots: int | None) -> dict[str, Any]:
+        """Report several executions completed: each of `completions` is one's JSON object, with its ExecutionID.
+        The answer has the executions taken for the freed slots (with `slots`), and those the gateway refused."""
+        body = b'{"Completions":[' + b",".join(completions) + b"]" + \
+            (b"" if slots is None else b',"Slots":%d' % slots) + b"}"
+        return await self._call("/completions", body) or {}
 
     async def fail(self, execution_id: str, message: str) -> None:
         await self._call(f"/executions/{execution_id}/fail", {"Message": message})

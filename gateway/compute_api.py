@@ -16,15 +16,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import check_join_token
-from gateway.errors import BadRequest, Conflict, PayloadTooLarge, Unauthorized
+from gateway.errors import BadRequest, Conflict, GatewayError, PayloadTooLarge, Unauthorized
 from gateway.log_store import parse_chunks, storable
 from gateway.models import ExecutionState, NodeRecord
 from gateway.responses import JSONResponse
 from gateway.services import Services, bearer, calling_node, read_json, services
-from gateway.store import Claimed, NodeInfo, RunOutcome
+from gateway.store import Claimed, Completion, NodeInfo, RunOutcome
 from gateway.uploads_api import with_input_urls
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_COMPLETIONS = 1000  # in one request
+MAX_COMPLETIONS_BYTES = 4 << 20  # of one request's body (an agent sends at most 1 MiB with more than one)
 
 
 def _node_info(body: dict[str, Any]) -> NodeInfo:
@@ -183,26 +185,76 @@ async def complete(request: Request) -> JSONResponse:
     svc = services(request)
     node = await calling_node(request)
     body = await read_json(request)
-    execution_id = request.path_params["id"]
-    outcome = _outcome(body)
-    published = bool(body.get("Published"))
-    chunks = parse_chunks(body.get("Logs"), "Logs")  # the last of its logs, which come along for a short task
     slots = _count(body, "Slots", None)
-    if published:
-        execution = await svc.db(svc.store.upload_of, node.id, execution_id)
-        problem = await _check_upload(svc, execution.result_key, execution.upload_size, execution.upload_sha256)
-        if problem:
-            rescheduled = await svc.db(svc.store.fail, node.id, execution_id,
-                                       f"publish failed: {problem}")
-            _failed(svc, node, rescheduled)
-            raise Conflict(f"publish failed: {problem}")
-    kept, claimed = await svc.db(svc.store.complete, node.id, execution_id, outcome, published, chunks,
-                                 svc.logs.max_bytes, slots=slots)
+    completion = await _verified(svc, node, _completion(request.path_params["id"], body))
+    kept, claimed = await svc.db(svc.store.complete, node.id, completion.execution_id, completion.outcome,
+                                 completion.published, completion.logs, svc.logs.max_bytes, slots=slots)
+    _completed(svc, node, slots, kept)
+    return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed]})
+
+
+async def complete_all(request: Request) -> JSONResponse:
+    """Several executions ran: `complete` for each, in one transaction. Those the node may not report on (not its
+    own, ended already, an upload not as declared) are answered in `Rejected`, with the status and message
+    `complete` would have given; the others complete."""
+    svc = services(request)
+    node = await calling_node(request)
+    body = await read_json(request, MAX_COMPLETIONS_BYTES)
+    slots = _count(body, "Slots", None)
+    reported = body.get("Completions")
+    if not isinstance(reported, list) or not 0 < len(reported) <= MAX_COMPLETIONS:
+        raise BadRequest(f"Completions: must be a list of 1 to {MAX_COMPLETIONS} completions")
+    completions = []
+    for index, item in enumerate(reported):
+        where = f"Completions[{index}]"
+        execution_id = item.get("ExecutionID") if isinstance(item, dict) else None
+        if not isinstance(execution_id, str) or not execution_id:
+            raise BadRequest(f"{where}.ExecutionID: must be an execution ID")
+        completions.append(_completion(execution_id, item, where + "."))
+    if len({c.execution_id for c in completions}) < len(completions):
+        raise BadRequest("Completions: an execution is reported twice")
+    rejected: list[dict[str, Any]] = []
+    accepted = []
+    for completion in completions:
+        try:
+            accepted.append(await _verified(svc, node, completion))
+        except GatewayError as exc:
+            rejected.append(_rejection(completion.execution_id, exc))
+    results, claimed = await svc.db(svc.store.complete_all, node.id, accepted, svc.logs.max_bytes, slots=slots)
+    rejected += [_rejection(c.execution_id, r) for c, r in zip(accepted, results, strict=True)
+                 if isinstance(r, GatewayError)]
+    _completed(svc, node, slots, sum(r for r in results if isinstance(r, int)))
+    return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Rejected": rejected})
+
+
+def _completion(execution_id: str, body: dict[str, Any], where: str = "") -> Completion:
+    return Completion(execution_id, _outcome(body, where), bool(body.get("Published")),
+                      parse_chunks(body.get("Logs"), where + "Logs"))  # a short task's last logs come along
+
+
+async def _verified(svc: Services, node: NodeRecord, completion: Completion) -> Completion:
+    """The completion, once its published results are found as declared; when they are not, the execution fails
+    (and may be retried) and the completion is refused."""
+    if not completion.published:
+        return completion
+    execution = await svc.db(svc.store.upload_of, node.id, completion.execution_id)
+    problem = await _check_upload(svc, execution.result_key, execution.upload_size, execution.upload_sha256)
+    if problem:
+        rescheduled = await svc.db(svc.store.fail, node.id, completion.execution_id, f"publish failed: {problem}")
+        _failed(svc, node, rescheduled)
+        raise Conflict(f"publish failed: {problem}")
+    return completion
+
+
+def _completed(svc: Services, node: NodeRecord, slots: int | None, kept: int) -> None:
     if slots is None:
-        svc.work.notify(nodes=[node.id])  # its slot is free: its waiting poll may fill it
+        svc.work.notify(nodes=[node.id])  # its slots are free: its waiting poll may fill them
     if kept:
         svc.new_logs.notify()
-    return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed]})
+
+
+def _rejection(execution_id: str, error: GatewayError) -> dict[str, Any]:
+    return {"ExecutionID": execution_id, "Status": error.status, "Message": str(error)}
 
 
 def _failed(svc: Services, node: NodeRecord, rescheduled: bool) -> None:
@@ -214,13 +266,13 @@ def _failed(svc: Services, node: NodeRecord, rescheduled: bool) -> None:
         svc.work.notify()
 
 
-def _outcome(body: dict[str, Any]) -> RunOutcome:
+def _outcome(body: dict[str, Any], where: str = "") -> RunOutcome:
     exit_code = body.get("ExitCode")
     if isinstance(exit_code, bool) or not isinstance(exit_code, int) or not -2**31 <= exit_code < 2**31:
-        raise BadRequest("ExitCode: must be a whole number (a 32-bit exit status)")
+        raise BadRequest(f"{where}ExitCode: must be a whole number (a 32-bit exit status)")
     started = body.get("StartTime", 0)
     if isinstance(started, bool) or not isinstance(started, int) or not 0 <= started < 2**63:
-        raise BadRequest("StartTime: must be a time in nanoseconds since the Unix epoch")
+        raise BadRequest(f"{where}StartTime: must be a time in nanoseconds since the Unix epoch")
     return RunOutcome(
         exit_code=exit_code,
         started=started,
@@ -262,5 +314,6 @@ routes = [
     Route(_BASE + "/executions/{id}/status", status, methods=["POST"]),
     Route(_BASE + "/executions/{id}/publish", publish, methods=["POST"]),
     Route(_BASE + "/executions/{id}/complete", complete, methods=["POST"]),
+    Route(_BASE + "/completions", complete_all, methods=["POST"]),
     Route(_BASE + "/executions/{id}/fail", fail, methods=["POST"]),
 ]

@@ -546,21 +546,37 @@ def _compute(paths: dict[str, dict[str, Schema]]) -> None:
             "Size": _int("Bytes of the .tar.gz (over the gateway's limit: 413)", minimum=0), "SHA256": _SHA256,
         }, required=["Size", "SHA256"]), required=True),
         responses={"200": _json("PUT exactly that many bytes with that digest", _ref("PresignedRequest"))})
+    outcome = {
+        "ExitCode": _int(), "Stdout": _str(), "Stderr": _str(), "StdoutTruncated": _bool(),
+        "StderrTruncated": _bool(), "Published": _bool("The results were uploaded"),
+        "StartTime": _int("When the task started (ns since the epoch), for an execution not reported Running "
+                          "before: the Running state is recorded at that time", minimum=0),
+        "Logs": _array(_ref("LogChunk"), "The last log chunks, sent along instead of on their own"),
+    }
+    slots = _int("How many executions the node runs at once: the slots the completions free are filled in the "
+                 "same transaction, and the answer brings what was taken", minimum=0, maximum=10_000)
     _op(paths, "POST", COMPUTE + "/executions/{id}/complete", "Report an execution completed", "Agent protocol",
         "completeExecution", open_route=True, security=_NODE_SECURITY, errors=execution_errors,
         description="With Published, the uploaded object must have the size and digest declared at publish; "
                     "otherwise the execution fails (409).",
-        params=[_EXECUTION], body=_body(_obj({
-            "ExitCode": _int(), "Stdout": _str(), "Stderr": _str(), "StdoutTruncated": _bool(),
-            "StderrTruncated": _bool(), "Published": _bool("The results were uploaded"),
-            "StartTime": _int("When the task started (ns since the epoch), for an execution not reported Running "
-                              "before: the Running state is recorded at that time", minimum=0),
-            "Logs": _array(_ref("LogChunk"), "The last log chunks, sent along instead of on their own"),
-            "Slots": _int("How many executions the node runs at once: the slot this execution frees is filled "
-                          "in the same transaction, and the answer brings what it took", minimum=0, maximum=10_000),
-        }, required=["ExitCode"]), required=True),
+        params=[_EXECUTION], body=_body(_obj(outcome | {"Slots": slots}, required=["ExitCode"]), required=True),
         responses={"200": _json("Recorded; with Slots, the executions taken for the freed slot", _obj({
             "Executions": _array(assignment)}, required=["Executions"]))})
+    _op(paths, "POST", COMPUTE + "/completions", "Report several executions completed", "Agent protocol",
+        "completeExecutions", open_route=True, security=_NODE_SECURITY, errors=node_errors,
+        description="completeExecution for each, in one transaction. An execution the node may not report on "
+                    "(not its own, ended, results not as declared) is answered in Rejected with the status and "
+                    "message completeExecution would give; the others complete.",
+        body=_body(_obj({
+            "Completions": _array(_obj(outcome | {"ExecutionID": _str()}, required=["ExecutionID", "ExitCode"]),
+                                  "At most 1000, each execution once"),
+            "Slots": slots,
+        }, required=["Completions"]), required=True),
+        responses={"200": _json("Recorded; with Slots, the executions taken for the freed slots", _obj({
+            "Executions": _array(assignment),
+            "Rejected": _array(_obj({"ExecutionID": _str(), "Status": _int(), "Message": _str()},
+                                    required=["ExecutionID", "Status", "Message"])),
+        }, required=["Executions", "Rejected"]))})
     _op(paths, "POST", COMPUTE + "/executions/{id}/fail", "Report a system error that ended an execution",
         "Agent protocol", "failExecution", open_route=True, security=_NODE_SECURITY, errors=execution_errors,
         params=[_EXECUTION], body=_body(_obj({"Message": _str()})),

@@ -39,6 +39,7 @@ ANY_WAITING = select(EXECUTIONS.c.id).where(EXECUTIONS.c.compute_state == Execut
 NODE = NODE_SEEN.with_for_update()
 JOB_OF = select(JOBS, JOB_SPEC).where(JOBS.c.id == select(EXECUTIONS.c.job_id).where(
     EXECUTIONS.c.id == bindparam("execution")).scalar_subquery()).with_for_update()  # an execution's job
+JOBS_OF = select(EXECUTIONS.c.id, EXECUTIONS.c.job_id).where(EXECUTIONS.c.id.in_(bindparam("ids", expanding=True)))
 EXECUTION = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("execution")).with_for_update()
 QUEUE_JOB = update(JOBS).where(JOBS.c.id == bindparam("job")).values(setting("state", "state_message"))
 END_JOB = update(JOBS).where(JOBS.c.id == bindparam("job")).values(

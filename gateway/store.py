@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from gateway import audit, claim, direct, history, placement
 from gateway import statements as sql
 from gateway.db import READ_ONLY
-from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from gateway.errors import BadRequest, Conflict, Forbidden, GatewayError, NotFound, Unauthorized
 from gateway.history import Topic
 from gateway.log_store import Chunk, store_chunks
 from gateway.models import (
@@ -74,6 +74,17 @@ class RunOutcome:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     started: int = 0  # when the task started (ns), if the agent did not say so with a status update
+
+
+@dataclass(frozen=True)
+class Completion:
+    """An agent's report that one of its executions ran: its outcome, whether its results were published, and the
+    last of its logs (those of a short task come along)."""
+
+    execution_id: str
+    outcome: RunOutcome
+    published: bool = False
+    logs: Sequence[Chunk] = ()
 
 
 @dataclass(frozen=True)
@@ -665,50 +676,79 @@ class Store:
     def complete(self, node_id: str, execution_id: str, outcome: RunOutcome, published: bool,
                  logs: Sequence[Chunk] = (), log_cap: int = 0, *,
                  slots: int | None = None) -> tuple[int, list[Claimed]]:
-        """The task ran (whatever its exit code) and its results, if any, are verified in the object store. An
-        agent reports short tasks as Running only here: the Running state is then recorded at their start time,
-        and their last `logs` are stored along (up to `log_cap` characters for the execution). With `slots` (how
-        many executions the node runs at once), the slot it frees is filled in the same transaction, as a poll
-        would fill it (`claim`). Returns how many log characters were kept, and the claims."""
+        """`complete_all` for one execution, which raises (and claims nothing) when the node may not report on it.
+        Returns how many of its log characters were kept, and the claims."""
+        kept, claimed = self._complete_all(node_id, [Completion(execution_id, outcome, published, logs)], log_cap,
+                                           slots, strict=True)
+        assert isinstance(kept[0], int)  # strict: a refusal raised
+        return kept[0], claimed
+
+    def complete_all(self, node_id: str, completions: Sequence[Completion], log_cap: int = 0, *,
+                     slots: int | None = None) -> tuple[list[int | GatewayError], list[Claimed]]:
+        """Tasks ran (whatever their exit codes) and their results, if any, are verified in the object store: the
+        executions complete, in one transaction. An agent reports short tasks as Running only here: the Running
+        state is then recorded at their start time, and their last logs are stored along (up to `log_cap`
+        characters for each execution). With `slots` (how many executions the node runs at once), the slots they
+        free are filled in the same transaction, as a poll would fill them (`claim`). Returns, in the order of
+        `completions`, how many log characters of each were kept, or the error that refused it (an execution the
+        node may not report on: not its own, or already ended), and the claims."""
+        return self._complete_all(node_id, completions, log_cap, slots, strict=False)
+
+    def _complete_all(self, node_id: str, completions: Sequence[Completion], log_cap: int, slots: int | None, *,
+                      strict: bool) -> tuple[list[int | GatewayError], list[Claimed]]:
         now = now_ns()
-        kept = 0
+        results: dict[str, int | GatewayError] = {}
         with self._tx() as session:
             db = session.connection()  # the session holds nothing yet
             # the node's row first, as a poll locks it before the executions it renews: no deadlock between them
             node = self._locked_node(db, node_id) if slots is not None else None
-            job, execution = self._ending(db, node_id, execution_id)
-            if logs:
-                kept, _ = store_chunks(db, execution_id, logs, log_cap)
-            previous, revision, events = execution.compute_state, execution.revision + 1, []
-            if previous == ExecutionState.BID_ACCEPTED and outcome.started:
-                events.append(history.event(
-                    job.id, execution.job_version, execution_id, Topic.EXECUTION, str(ExecutionState.RUNNING),
-                    previous, ExecutionState.RUNNING, None, min(max(outcome.started, execution.modify_time), now)))
-                previous, revision = ExecutionState.RUNNING, revision + 1
-            stdout, stdout_truncated = _capped(outcome.stdout, outcome.stdout_truncated)
-            stderr, stderr_truncated = _capped(outcome.stderr, outcome.stderr_truncated)
-            direct.run(db, sql.COMPLETE, {"execution": execution_id} | sql.new({
-                "compute_state": ExecutionState.COMPLETED, "state_message": "Completed successfully",
-                "exit_code": outcome.exit_code, "stdout": stdout, "stdout_truncated": stdout_truncated,
-                "stderr": stderr, "stderr_truncated": stderr_truncated,
-                "result_key": execution.result_key if published else None,
-                "result_size": execution.upload_size if published else None,
-                "result_sha256": execution.upload_sha256 if published else None,
-                "lease_expires": None, "modify_time": now, "revision": revision}))
-            events.append(history.event(job.id, execution.job_version, execution_id, Topic.EXECUTION,
-                                        "Completed successfully", previous, ExecutionState.COMPLETED,
-                                        {"ExitCode": outcome.exit_code}, now))
-            history.write(session, events)
-            if job.type != JobType.SERVICE:
-                self._settle_job(session, job, now)
-            elif not JobState(job.state).terminal:
-                if execution.attempt < self.max_attempts:
-                    self._replace(session, job, execution, "a service replica exited", now)
-                else:  # a replica that keeps exiting is not a service that runs
-                    self._end_job(session, job, JobState.FAILED,
-                                  f"Job failed because a service replica exited {execution.attempt} times", now)
+            for completion in _in_lock_order(db, completions):
+                try:
+                    job, execution = self._ending(db, node_id, completion.execution_id)
+                except (NotFound, Conflict) as exc:
+                    if strict:
+                        raise
+                    results[completion.execution_id] = exc
+                    continue
+                results[completion.execution_id] = self._completed(session, job, execution, completion, log_cap, now)
             claimed = self._claim(session, node, slots, slots) if node is not None and slots is not None else []
-        return kept, claimed
+        return [results[c.execution_id] for c in completions], claimed
+
+    def _completed(self, session: Session, job: Row[Any], execution: Row[Any], completion: Completion, log_cap: int,
+                   now: int) -> int:
+        """Complete an execution (its row and its job's, both locked); how many of its log characters were kept."""
+        db = session.connection()
+        execution_id, outcome, published = completion.execution_id, completion.outcome, completion.published
+        kept = store_chunks(db, execution_id, completion.logs, log_cap)[0] if completion.logs else 0
+        previous, revision, events = execution.compute_state, execution.revision + 1, []
+        if previous == ExecutionState.BID_ACCEPTED and outcome.started:
+            events.append(history.event(
+                job.id, execution.job_version, execution_id, Topic.EXECUTION, str(ExecutionState.RUNNING),
+                previous, ExecutionState.RUNNING, None, min(max(outcome.started, execution.modify_time), now)))
+            previous, revision = ExecutionState.RUNNING, revision + 1
+        stdout, stdout_truncated = _capped(outcome.stdout, outcome.stdout_truncated)
+        stderr, stderr_truncated = _capped(outcome.stderr, outcome.stderr_truncated)
+        direct.run(db, sql.COMPLETE, {"execution": execution_id} | sql.new({
+            "compute_state": ExecutionState.COMPLETED, "state_message": "Completed successfully",
+            "exit_code": outcome.exit_code, "stdout": stdout, "stdout_truncated": stdout_truncated,
+            "stderr": stderr, "stderr_truncated": stderr_truncated,
+            "result_key": execution.result_key if published else None,
+            "result_size": execution.upload_size if published else None,
+            "result_sha256": execution.upload_sha256 if published else None,
+            "lease_expires": None, "modify_time": now, "revision": revision}))
+        events.append(history.event(job.id, execution.job_version, execution_id, Topic.EXECUTION,
+                                    "Completed successfully", previous, ExecutionState.COMPLETED,
+                                    {"ExitCode": outcome.exit_code}, now))
+        history.write(session, events)
+        if job.type != JobType.SERVICE:
+            self._settle_job(session, job, now)
+        elif not JobState(job.state).terminal:
+            if execution.attempt < self.max_attempts:
+                self._replace(session, job, execution, "a service replica exited", now)
+            else:  # a replica that keeps exiting is not a service that runs
+                self._end_job(session, job, JobState.FAILED,
+                              f"Job failed because a service replica exited {execution.attempt} times", now)
+        return kept
 
     def fail(self, node_id: str, execution_id: str, message: str) -> bool:
         """A system error ended the execution; returns True when it was rescheduled."""
@@ -985,6 +1025,15 @@ def _checked_assignment(execution: Any, node_id: str, execution_id: str) -> Any:
     if execution.compute_state not in ACTIVE_EXECUTION_STATES:
         raise Conflict(f"execution {execution_id} is {execution.compute_state}: it may not be updated")
     return execution
+
+
+def _in_lock_order(db: Connection, completions: Sequence[Completion]) -> list[Completion]:
+    """Completions in the order their jobs' rows are locked: by job, then execution (as `Store._each_locked`), so
+    that two transactions ending executions of the same jobs never wait on each other (PostgreSQL)."""
+    if len(completions) < 2:
+        return list(completions)
+    jobs = {row.id: row.job_id for row in direct.run(db, sql.JOBS_OF, {"ids": [c.execution_id for c in completions]})}
+    return sorted(completions, key=lambda c: (jobs.get(c.execution_id, ""), c.execution_id))
 
 
 def _capped(text: str, truncated: bool) -> tuple[str, bool]:
