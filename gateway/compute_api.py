@@ -196,7 +196,8 @@ async def complete(request: Request) -> JSONResponse:
 async def complete_all(request: Request) -> JSONResponse:
     """Several executions ran: `complete` for each, in one transaction. Those the node may not report on (not its
     own, ended already, an upload not as declared) are answered in `Rejected`, with the status and message
-    `complete` would have given; the others complete."""
+    `complete` would have given; the others complete. `Gather` says whether other nodes reported completions
+    lately (`RecentCompleters`): the agent then sends its executions' completions together."""
     svc = services(request)
     node = await calling_node(request)
     body = await read_json(request, MAX_COMPLETIONS_BYTES)
@@ -224,7 +225,9 @@ async def complete_all(request: Request) -> JSONResponse:
     rejected += [_rejection(c.execution_id, r) for c, r in zip(accepted, results, strict=True)
                  if isinstance(r, GatewayError)]
     _completed(svc, node, slots, sum(r for r in results if isinstance(r, int)))
-    return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Rejected": rejected})
+    gather = svc.completers.shared(node.id, asyncio.get_running_loop().time())
+    return JSONResponse({"Executions": [_assignment(svc, c) for c in claimed], "Rejected": rejected,
+                         "Gather": gather})
 
 
 def _completion(execution_id: str, body: dict[str, Any], where: str = "") -> Completion:

@@ -576,7 +576,9 @@ def _compute(paths: dict[str, dict[str, Schema]]) -> None:
             "Executions": _array(assignment),
             "Rejected": _array(_obj({"ExecutionID": _str(), "Status": _int(), "Message": _str()},
                                     required=["ExecutionID", "Status", "Message"])),
-        }, required=["Executions", "Rejected"]))})
+            "Gather": _bool("Other nodes report completions to this gateway too: the agent sends its executions' "
+                            "completions together (else each at once)"),
+        }, required=["Executions", "Rejected", "Gather"]))})
     _op(paths, "POST", COMPUTE + "/executions/{id}/fail", "Report a system error that ended an execution",
         "Agent protocol", "failExecution", open_route=True, security=_NODE_SECURITY, errors=execution_errors,
         params=[_EXECUTION], body=_body(_obj({"Message": _str()})),

@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection, Request
 
 from gateway.audit import AuditLog
 from gateway.auth import Authenticator
+from gateway.completers import RecentCompleters
 from gateway.errors import BadRequest, PayloadTooLarge, Unauthorized
 from gateway.log_store import LogStore
 from gateway.models import NodeRecord
@@ -38,6 +39,7 @@ class Services:
     auth: Authenticator
     audit: AuditLog
     deadlines: PollDeadlines = field(default_factory=PollDeadlines)
+    completers: RecentCompleters = field(default_factory=RecentCompleters)
     db_on_loop: bool = False  # see db()
 
     async def db(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -4,6 +4,7 @@ fills the slots they free; the agent's `Completions` sends those that end togeth
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from compute_agent.completions import GATHER, Completions
 from compute_agent.errors import GatewayError
 from compute_agent.gateway_client import GatewayClient
+from gateway.completers import WINDOW, RecentCompleters
 from tests.conftest import Cluster, Gateway
 from tests.fakes import NODE_INFO, WASM_JOB
 
@@ -112,13 +114,10 @@ def test_a_bad_batch_is_refused_whole_naming_the_field(cluster: Cluster, body: d
     assert [_state(gateway, a) for a in (first, second)] == ["BidAccepted", "BidAccepted"]  # nothing lost
 
 
-def test_completions_that_end_together_go_in_one_request(cluster: Cluster) -> None:
-    """The agent's side: what ends while the node's other executions run waits for them (at most GATHER seconds);
-    the gateway's refusal of one reaches its own report only; the answer's assignments are handed over."""
-    gateway = cluster.gateway(poll_seconds="2", lease_seconds="60")
-    credential, auth = _node(gateway)
-    first, second, third, fourth = _claim(gateway, auth, 4)
-    next_job = gateway.submit(WASM_JOB)
+def _reporting(gateway: Gateway, credential: str, gather: bool,
+               reports: Callable[[Completions], Awaitable[list[BaseException | None]]]) -> tuple[
+                   list[BaseException | None], list[dict[str, Any]]]:
+    """Run `reports` with a node's `Completions` (4 executions running); what they gave, and what was taken."""
     taken: list[dict[str, Any]] = []
 
     async def take(assignments: list[dict[str, Any]]) -> None:
@@ -127,22 +126,35 @@ def test_completions_that_end_together_go_in_one_request(cluster: Cluster) -> No
     async def main() -> list[BaseException | None]:
         client = GatewayClient(gateway.url, poll_seconds=2)
         client.credential = credential
-        running = 4
-        completions = Completions(client, running=lambda: running, take=take, slots=lambda: 4)
+        completions = Completions(client, running=lambda: 4, take=take, slots=lambda: 4, gather=gather)
         try:
-            together = await asyncio.gather(
-                completions.report(first["ExecutionID"], {"ExitCode": 0}),
-                completions.report("e-unknown", {"ExitCode": 0}),
-                completions.report(second["ExecutionID"], {"ExitCode": 0}),
-                return_exceptions=True)
-            # one ends while the others still run: it goes on its own once GATHER has passed
-            await asyncio.wait_for(completions.report(third["ExecutionID"], {"ExitCode": 0}), GATHER + 10)
-            await completions.close()
+            return await reports(completions)
         finally:
+            await completions.close()
             await client.aclose()
+
+    return asyncio.run(main()), taken
+
+
+def test_completions_that_end_together_go_in_one_request_while_the_gateway_is_shared(cluster: Cluster) -> None:
+    """What ends while the node's other executions run waits for them (at most GATHER seconds); the gateway's
+    refusal of one reaches its own report only; the answer's assignments are handed over."""
+    gateway = cluster.gateway(poll_seconds="2", lease_seconds="60")
+    credential, auth = _node(gateway)
+    first, second, third, fourth = _claim(gateway, auth, 4)
+    next_job = gateway.submit(WASM_JOB)
+
+    async def reports(completions: Completions) -> list[BaseException | None]:
+        together = await asyncio.gather(
+            completions.report(first["ExecutionID"], {"ExitCode": 0}),
+            completions.report("e-unknown", {"ExitCode": 0}),
+            completions.report(second["ExecutionID"], {"ExitCode": 0}),
+            return_exceptions=True)
+        # one ends while the others still run: it goes on its own once GATHER has passed
+        await asyncio.wait_for(completions.report(third["ExecutionID"], {"ExitCode": 0}), GATHER + 10)
         return together
 
-    first_report, unknown_report, second_report = asyncio.run(main())
+    (first_report, unknown_report, second_report), taken = _reporting(gateway, credential, True, reports)
     assert first_report is None and second_report is None
     assert isinstance(unknown_report, GatewayError) and unknown_report.status == 404
     ended = [gateway.executions(a["JobID"])[0] for a in (first, second, third)]
@@ -150,3 +162,35 @@ def test_completions_that_end_together_go_in_one_request(cluster: Cluster) -> No
     assert ended[0]["ModifyTime"] == ended[1]["ModifyTime"] != ended[2]["ModifyTime"]
     assert [a["JobID"] for a in taken] == [next_job]  # the slots freed, filled with the one job waiting
     assert _state(gateway, fourth) == "BidAccepted"
+
+
+def test_an_agent_alone_on_its_gateway_sends_each_completion_at_once(cluster: Cluster) -> None:
+    """The gateway's answer to a node no other node reports beside says not to gather: each completion goes in a
+    request of its own, beside the others."""
+    gateway = cluster.gateway(poll_seconds="2", lease_seconds="60")
+    credential, auth = _node(gateway)
+    assignments = _claim(gateway, auth, 3)
+    answer = gateway.http.post(COMPLETIONS, headers=auth, json={"Completions": [
+        {"ExecutionID": assignments[0]["ExecutionID"], "ExitCode": 0}]})
+    assert answer.status_code == 200 and answer.json()["Gather"] is False, answer.text
+
+    async def reports(completions: Completions) -> list[BaseException | None]:
+        await completions.report(assignments[1]["ExecutionID"], {"ExitCode": 0})  # the gateway says: alone
+        return await asyncio.gather(completions.report(assignments[2]["ExecutionID"], {"ExitCode": 0}),
+                                    completions.report("e-unknown", {"ExitCode": 0}), return_exceptions=True)
+
+    (report, unknown_report), _ = _reporting(gateway, credential, True, reports)
+    assert report is None and isinstance(unknown_report, GatewayError) and unknown_report.status == 404
+    ended = [gateway.executions(a["JobID"])[0] for a in assignments]
+    assert [e["ComputeState"]["StateType"] for e in ended] == ["Completed"] * 3
+    assert len({e["ModifyTime"] for e in ended}) == 3  # three transactions
+
+
+def test_the_gateway_says_to_gather_while_other_nodes_report_completions() -> None:
+    completers = RecentCompleters()
+    assert not completers.shared("n-1", 10.0)
+    assert not completers.shared("n-1", 10.01)  # the same node again
+    assert completers.shared("n-2", 10.02)
+    assert completers.shared("n-1", 10.02 + WINDOW / 2)
+    assert not completers.shared("n-1", 10.02 + 2 * WINDOW)  # n-2 has not reported for a while
+    assert completers.shared("n-3", 10.02 + 2 * WINDOW)
