@@ -99,7 +99,7 @@ def store_chunks(db: Session | Connection, execution_id: str, chunks: Sequence[C
     """Store the chunks not stored yet, up to `max_bytes` characters for the execution; returns the
     characters kept and whether the cap was reached."""
     kept, capped = 0, False
-    stored = db.execute(_STORED, {"execution": execution_id}).all()
+    stored = direct.run(db, _STORED, {"execution": execution_id})
     ends = {stream: int(end or 0) for stream, end, _ in stored}
     total = sum(int(size or 0) for _, _, size in stored)
     now = time.time_ns()

@@ -1029,8 +1029,9 @@ def _checked_assignment(execution: Any, node_id: str, execution_id: str) -> Any:
 
 def _in_lock_order(db: Connection, completions: Sequence[Completion]) -> list[Completion]:
     """Completions in the order their jobs' rows are locked: by job, then execution (as `Store._each_locked`), so
-    that two transactions ending executions of the same jobs never wait on each other (PostgreSQL)."""
-    if len(completions) < 2:
+    that two transactions ending executions of the same jobs never wait on each other (PostgreSQL; SQLite has one
+    writer at a time)."""
+    if len(completions) < 2 or db.dialect.name == "sqlite":
         return list(completions)
     jobs = {row.id: row.job_id for row in direct.run(db, sql.JOBS_OF, {"ids": [c.execution_id for c in completions]})}
     return sorted(completions, key=lambda c: (jobs.get(c.execution_id, ""), c.execution_id))
