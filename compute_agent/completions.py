@@ -24,6 +24,8 @@ from compute_agent.gateway_client import GatewayClient
 GATHER = 0.002  # seconds a completion waits at most for the node's other running executions
 MAX_BATCH_BYTES = 1 << 20  # of completions in one request (one more that alone is larger goes on its own)
 
+_Waiting = tuple[bytes, str, asyncio.Future[None]]  # a completion's JSON, its execution, its report's answer
+
 
 class Completions:
     """`report` sends one execution's completion, with others, and returns once the gateway recorded it (or
@@ -37,14 +39,14 @@ class Completions:
                  gather: bool = False) -> None:
         self._gateway = gateway
         self._running, self._take, self._slots = running, take, slots
-        self._waiting: list[tuple[bytes, str, asyncio.Future[None]]] = []
+        self._waiting: list[_Waiting] = []
         self._changed = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._gather = gather  # as the gateway's last answer said
 
     async def report(self, execution_id: str, completion: dict[str, Any]) -> None:
-        item = (orjson.dumps(completion | {"ExecutionID": execution_id}), execution_id,
-                asyncio.get_running_loop().create_future())
+        item: _Waiting = (orjson.dumps(completion | {"ExecutionID": execution_id}), execution_id,
+                          asyncio.get_running_loop().create_future())
         if not self._gather:
             await self._send([item])
         else:
@@ -72,7 +74,7 @@ class Completions:
             if batch := self._batch():
                 await self._send(batch)
 
-    async def _send(self, batch: list[tuple[bytes, str, asyncio.Future[None]]]) -> None:
+    async def _send(self, batch: list[_Waiting]) -> None:
         """One request: each completion's report is answered, and what the gateway took for the slots starts."""
         try:
             reply = await self._gateway.complete_all([item for item, _, _ in batch], self._slots())
@@ -102,10 +104,10 @@ class Completions:
                     self._changed.clear()
                     await self._changed.wait()
 
-    def _batch(self) -> list[tuple[bytes, str, asyncio.Future[None]]]:
+    def _batch(self) -> list[_Waiting]:
         """The completions still awaited (an execution cancelled meanwhile is not reported), up to
         MAX_BATCH_BYTES; the rest wait for the next request."""
-        batch: list[tuple[bytes, str, asyncio.Future[None]]] = []
+        batch: list[_Waiting] = []
         size = 0
         while self._waiting:
             item = self._waiting[0]
