@@ -703,6 +703,7 @@ class Store:
             # the node's row first, as a poll locks it before the executions it renews: no deadlock between them
             node = self._locked_node(db, node_id) if slots is not None else None
             for completion in _in_lock_order(db, completions):
+                session.flush()  # what the completions before left in the session, before reading past it
                 try:
                     job, execution = self._ending(db, node_id, completion.execution_id)
                 except (NotFound, Conflict) as exc:
@@ -710,14 +711,15 @@ class Store:
                         raise
                     results[completion.execution_id] = exc
                     continue
-                results[completion.execution_id] = self._completed(session, job, execution, completion, log_cap, now)
+                results[completion.execution_id] = self._completed(session, db, job, execution, completion, log_cap,
+                                                                   now)
             claimed = self._claim(session, node, slots, slots) if node is not None and slots is not None else []
         return [results[c.execution_id] for c in completions], claimed
 
-    def _completed(self, session: Session, job: Row[Any], execution: Row[Any], completion: Completion, log_cap: int,
-                   now: int) -> int:
-        """Complete an execution (its row and its job's, both locked); how many of its log characters were kept."""
-        db = session.connection()
+    def _completed(self, session: Session, db: Connection, job: Row[Any], execution: Row[Any], completion: Completion,
+                   log_cap: int, now: int) -> int:
+        """Complete an execution (its row and its job's, both locked; `db` is the session's connection); how many
+        of its log characters were kept."""
         execution_id, outcome, published = completion.execution_id, completion.outcome, completion.published
         kept = store_chunks(db, execution_id, completion.logs, log_cap)[0] if completion.logs else 0
         previous, revision, events = execution.compute_state, execution.revision + 1, []

@@ -20,7 +20,7 @@ from gateway import statements as sql
 from gateway.db import make_engine
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobState, NodeConnection, NodeMembership
-from gateway.store import NodeInfo, RunOutcome, Store
+from gateway.store import Completion, NodeInfo, RunOutcome, Store
 from shoal.selector import parse_selector
 from shoal.spec import parse_job
 from tests.conftest import ON_POSTGRES, wait_for
@@ -923,3 +923,27 @@ def test_a_claim_reads_only_its_engines_executions_through_the_claims_index(stor
                  for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
     assert plans and plans[0].startswith("SEARCH executions USING INDEX ix_executions_waiting (compute_state=? AND "
                                          "engine=?)"), plans
+
+
+def test_a_batch_of_completions_sees_what_the_ones_before_it_did(engine: Engine) -> None:
+    """The first replica's exit fails the service (no attempts left), which stops the second while it still runs;
+    the second's completion in the same batch then completes it, and nothing written before it undoes that."""
+    store = Store(engine, lease_seconds=60, max_attempts=1, queue_timeout=3600)
+    here = node(store)
+    service, _ = parse_job({"Type": "service", "Count": 2, "Tasks": [{
+        "Engine": {"Type": "wasm", "Params": {"EntryModule": "/app/m.wasm"}},
+        "InputSources": [{"Target": "/app/m.wasm", "Source": {"Type": "inline", "Params": {"URL": WASM_DATA}}}]}]})
+    job = store.submit(service)
+    claimed = sorted((c.execution.id, c.execution.revision) for c in store.claim(here, 2))
+    (first, _), (second, revision) = claimed
+    results, _ = store.complete_all(here.id, [Completion(first, RunOutcome(exit_code=1)),
+                                              Completion(second, RunOutcome(exit_code=0))])
+    assert results == [0, 0]
+    assert store.find_job("default", job.id).state == JobState.FAILED
+    with Session(engine) as session:
+        ended = session.get(ExecutionRecord, second)
+        assert ended is not None
+        assert (ended.compute_state, ended.desired_state) == (ExecutionState.COMPLETED, DesiredState.STOPPED)
+        assert ended.state_message == "Completed successfully" and ended.exit_code == 0
+        # two revisions more: the stop, then the completion (not the stop written again over it)
+        assert ended.revision == revision + 2
