@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import select
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event, inspect, text
+from sqlalchemy.exc import DisconnectionError
 from sqlmodel import SQLModel, create_engine
 
 from gateway import models  # noqa: F401  (registers the tables)
@@ -41,6 +44,8 @@ UPGRADE_HINT = "run: shoal db upgrade"
 # of milliseconds); a gateway's Checkpointer does it every CHECKPOINT_SECONDS from a thread of its own instead
 WAL_AUTOCHECKPOINT = 10_000
 CHECKPOINT_SECONDS = 1.0
+# PostgreSQL: a pooled connection unused this long is pinged (a round trip) before it is handed out again
+PING_AFTER_IDLE_S = 10.0
 
 log = logging.getLogger("shoal.gateway.db")
 
@@ -99,8 +104,39 @@ def new_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pooled, **_JSON)
         _tune_sqlite(engine)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **_JSON)
+        engine = create_engine(url, pool_size=10, max_overflow=20, **_JSON)
+        _check_on_checkout(engine)
     return engine
+
+
+def _check_on_checkout(engine: Engine) -> None:
+    """Hand out only live PostgreSQL connections, without a round trip for one in use a moment ago.
+
+    A pooled connection the server has closed (a restart, an administrator's kill) has something to read on its
+    socket, the server's goodbye or the end of the stream, while a live idle one has nothing: looking costs a
+    system call. One idle for PING_AFTER_IDLE_S or more is also pinged, for a peer that vanished without a word (a
+    firewall or NAT that forgets idle connections). A dead one is replaced by the pool (DisconnectionError)."""
+    returned = "shoal_returned"
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[returned] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(returned)
+        if since is None:
+            return  # connected just now
+        try:
+            poller = select.poll()
+            poller.register(dbapi_connection.fileno(), select.POLLIN)
+            alive = not poller.poll(0)
+            if alive and time.monotonic() - since >= PING_AFTER_IDLE_S:
+                engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection found dead: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection closed by the server")
 
 
 class Checkpointer:

@@ -59,9 +59,10 @@ TO_STOP_HERE = select(EXECUTIONS.c.id).where(*ACTIVE_HERE, EXECUTIONS.c.desired_
 STOPPED_HERE = TO_STOP_HERE.where(EXECUTIONS.c.id.not_in(bindparam("running", expanding=True)))
 RUNNING_HERE = select(EXECUTIONS.c.id, EXECUTIONS.c.desired_state, EXECUTIONS.c.compute_state).where(
     EXECUTIONS.c.id.in_(bindparam("running", expanding=True)), EXECUTIONS.c.node_id == bindparam("node"))
-USABLE_NODES = select(NODES).where(
+USABLE_NODES = select(NODES).where(  # a page of them, from the ID after `after` (keyset paging)
     NODES.c.membership == NodeMembership.APPROVED, NODES.c.connection == NodeConnection.CONNECTED,
-).execution_options(yield_per=NODES_PER_READ)
+    NODES.c.id > bindparam("after"),
+).order_by(NODES.c.id).limit(NODES_PER_READ)
 DONE_PARTITIONS = select(func.count(func.distinct(EXECUTIONS.c.partition_index))).where(
     EXECUTIONS.c.job_id == bindparam("job"), EXECUTIONS.c.job_version == bindparam("version"),
     EXECUTIONS.c.compute_state == ExecutionState.COMPLETED)

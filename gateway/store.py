@@ -338,16 +338,17 @@ class Store:
     def _placement_reasons(session: Session, needs: Needs, *, all_nodes: bool = True) -> dict[str, list[str]]:
         """Why each connected, approved node could never run the task (judged on its whole capacity); unless
         `all_nodes`, only up to the first node that could (a node that fits is all scheduling needs to know)."""
-        nodes = session.execute(sql.USABLE_NODES)  # read as needed: the first that fits often comes first
         reasons: dict[str, list[str]] = {}
-        try:
+        after = ""
+        while True:  # a page at a time: the first that fits often comes first
+            nodes = session.execute(sql.USABLE_NODES, {"after": after}).all()
             for node in nodes:
                 reasons[node.id] = placement.unsuitable(node, needs, Resources.from_capacity(node.capacity))
                 if not reasons[node.id] and not all_nodes:
-                    break
-        finally:
-            nodes.close()
-        return reasons
+                    return reasons
+            if len(nodes) < sql.NODES_PER_READ:
+                return reasons
+            after = nodes[-1].id
 
     @staticmethod
     def _new_execution(job: JobRecord | Row[Any], needs: Needs, index: int, *, attempt: int, now: int,

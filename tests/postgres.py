@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BIN = Path(os.environ.get("SHOAL_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -59,3 +62,16 @@ class PostgresServer:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+
+@contextmanager
+def own_server(port: int) -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the caller's own on `port`, so that it may be stopped and restarted (in /tmp: the
+    server's user must reach its folder)."""
+    root = Path(tempfile.mkdtemp(prefix="shoal-pg-"))
+    server = PostgresServer(root, port).start()
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import S3, Cluster, Gateway, free_port, wait_for
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, own_server
 from tests.specs import wasm_job
 
 pytestmark = [pytest.mark.usefixtures("aws_env"), pytest.mark.timeout(900)]
@@ -28,13 +26,8 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 
 @pytest.fixture
 def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, so that it may be restarted (in /tmp: the server's user must
-    reach its folder)."""
-    root = Path(tempfile.mkdtemp(prefix="shoal-pg-"))
-    server = PostgresServer(root, free_port()).start()
-    yield server
-    server.stop("immediate")
-    shutil.rmtree(root, ignore_errors=True)
+    with own_server(free_port()) as server:
+        yield server
 
 
 def replicas(cluster: Cluster, postgres: PostgresServer, s3: S3, count: int, **settings: str) -> list[Gateway]:

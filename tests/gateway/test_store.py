@@ -92,6 +92,18 @@ def test_submit_count_zero_is_completed_with_no_executions(store: Store) -> None
     assert job_state(store, record.id)[0] == JobState.COMPLETED
 
 
+def test_scheduling_reads_every_node_a_page_at_a_time(store: Store) -> None:
+    """Nodes are read NODES_PER_READ at a time: a job no node can run names the reason of each, past the first
+    pages."""
+    nodes = 2 * sql.NODES_PER_READ + 1
+    ids = {node(store, "docker").id for _ in range(nodes)}
+    job = store.submit(wasm())
+    state, message = job_state(store, job.id)
+    assert state == JobState.QUEUED
+    assert f"available: {nodes}, suitable: 0" in message
+    assert {line.split(":")[0].removeprefix("• Node ") for line in message.splitlines()[1:]} == ids
+
+
 # -- claim ------------------------------------------------------------------------------------------------
 
 
