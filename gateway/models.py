@@ -128,6 +128,7 @@ class ExecutionRecord(SQLModel, table=True):
 
 class NodeRecord(SQLModel, table=True):
     __tablename__ = "nodes"
+    __table_args__ = (Index("ix_nodes_age", "create_time", "id"),)  # scheduling pages through them, oldest first
 
     id: str = Field(primary_key=True)
     credential_sha256: str = Field(index=True)

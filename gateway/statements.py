@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
@@ -59,10 +59,10 @@ TO_STOP_HERE = select(EXECUTIONS.c.id).where(*ACTIVE_HERE, EXECUTIONS.c.desired_
 STOPPED_HERE = TO_STOP_HERE.where(EXECUTIONS.c.id.not_in(bindparam("running", expanding=True)))
 RUNNING_HERE = select(EXECUTIONS.c.id, EXECUTIONS.c.desired_state, EXECUTIONS.c.compute_state).where(
     EXECUTIONS.c.id.in_(bindparam("running", expanding=True)), EXECUTIONS.c.node_id == bindparam("node"))
-USABLE_NODES = select(NODES).where(  # a page of them, from the ID after `after` (keyset paging)
+USABLE_NODES = select(NODES).where(  # a page of them, oldest first, after the node (`time`, `after`): keyset paging
     NODES.c.membership == NodeMembership.APPROVED, NODES.c.connection == NodeConnection.CONNECTED,
-    NODES.c.id > bindparam("after"),
-).order_by(NODES.c.id).limit(NODES_PER_READ)
+    tuple_(NODES.c.create_time, NODES.c.id) > tuple_(bindparam("time"), bindparam("after")),
+).order_by(NODES.c.create_time, NODES.c.id).limit(NODES_PER_READ)
 DONE_PARTITIONS = select(func.count(func.distinct(EXECUTIONS.c.partition_index))).where(
     EXECUTIONS.c.job_id == bindparam("job"), EXECUTIONS.c.job_version == bindparam("version"),
     EXECUTIONS.c.compute_state == ExecutionState.COMPLETED)

@@ -35,7 +35,7 @@ from tests.conftest import postgres_server, shoal_command, wait_for
 from tests.postgres import PostgresServer
 
 MODEL_TABLES = set(SQLModel.metadata.tables)
-HEAD = "0004"  # this release's revision
+HEAD = "0005"  # this release's revision
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +143,11 @@ def make_unversioned(engine: Engine, how: str) -> None:
     """Shoal's tables without a revision: made by create_all (releases before migrations), or a migrated
     database stamped back to base."""
     if how == "create_all":  # as the models were then: the claim's index, a job's spec in its row too, no index
-        SQLModel.metadata.create_all(engine)  # on jobs' states
+        SQLModel.metadata.create_all(engine)  # on jobs' states nor on nodes' ages
         with engine.begin() as connection:
             connection.execute(text("DROP INDEX ix_executions_waiting"))
             connection.execute(text("DROP INDEX ix_jobs_state"))
+            connection.execute(text("DROP INDEX ix_nodes_age"))
             connection.execute(text("CREATE INDEX ix_executions_claim ON executions (compute_state, create_time)"))
             connection.execute(text("ALTER TABLE jobs ADD COLUMN spec JSON NOT NULL DEFAULT '{}'"))
     else:

@@ -104,6 +104,21 @@ def test_scheduling_reads_every_node_a_page_at_a_time(store: Store) -> None:
     assert {line.split(":")[0].removeprefix("• Node ") for line in message.splitlines()[1:]} == ids
 
 
+def test_scheduling_looks_at_the_oldest_nodes_first(store: Store, engine: Engine) -> None:
+    """The node that fits, registered before many that do not, is in the first page read (and the page is a range
+    of the nodes' index by age, not a sort of them all)."""
+    node(store, "wasm")
+    for _ in range(3 * sql.NODES_PER_READ):
+        node(store, "docker")
+    _, statements = executed(engine, lambda: store.submit(wasm()))
+    pages = [(text, params) for text, params in statements if text.lstrip().startswith("SELECT nodes.")]
+    assert len(pages) == 1
+    if not ON_POSTGRES:
+        with engine.connect() as connection:
+            plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + pages[0][0], pages[0][1])]
+        assert any("ix_nodes_age" in step for step in plan) and not any("TEMP B-TREE" in step for step in plan), plan
+
+
 # -- claim ------------------------------------------------------------------------------------------------
 
 
