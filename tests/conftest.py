@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, own_server
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TEST_IMAGE = "shoal-test/busybox:1"
@@ -222,6 +222,13 @@ def postgres_server() -> PostgresServer:
         atexit.register(server.stop, "immediate")
         _POSTGRES.append(server)
     return _POSTGRES[0]
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, which it may stop and restart."""
+    with own_server(free_port()) as server:
+        yield server
 
 
 def one_agent_stack(factory: pytest.TempPathFactory, name: str, *agent_args: str) -> Iterator[Gateway]:

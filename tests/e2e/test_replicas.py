@@ -8,15 +8,14 @@ import concurrent.futures
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import S3, Cluster, Gateway, free_port, wait_for
-from tests.postgres import PostgresServer, own_server
+from tests.conftest import S3, Cluster, Gateway, wait_for
+from tests.postgres import PostgresServer
 from tests.specs import wasm_job
 
 pytestmark = [pytest.mark.usefixtures("aws_env"), pytest.mark.timeout(900)]
@@ -24,14 +23,8 @@ pytestmark = [pytest.mark.usefixtures("aws_env"), pytest.mark.timeout(900)]
 TERMINAL = ("Completed", "Failed", "Stopped")
 
 
-@pytest.fixture
-def postgres() -> Iterator[PostgresServer]:
-    with own_server(free_port()) as server:
-        yield server
-
-
-def replicas(cluster: Cluster, postgres: PostgresServer, s3: S3, count: int, **settings: str) -> list[Gateway]:
-    database = postgres.create_database()
+def replicas(cluster: Cluster, own_postgres: PostgresServer, s3: S3, count: int, **settings: str) -> list[Gateway]:
+    database = own_postgres.create_database()
     shared = {"database_url": database, "results_bucket": s3.bucket, "s3_endpoint_url": s3.endpoint,
               "s3_region": "us-east-1", "poll_seconds": "5", "lease_seconds": "15", **settings}
     return [cluster.gateway(**shared) for _ in range(count)]
@@ -88,9 +81,9 @@ def assert_each_ran_once(gateway: Gateway, job_ids: list[str]) -> None:
         assert completed[0]["NodeID"], completed[0]
 
 
-def test_three_replicas_share_the_work_and_each_job_runs_once(cluster: Cluster, postgres: PostgresServer,
+def test_three_replicas_share_the_work_and_each_job_runs_once(cluster: Cluster, own_postgres: PostgresServer,
                                                              s3: S3) -> None:
-    gateways = replicas(cluster, postgres, s3, 3)
+    gateways = replicas(cluster, own_postgres, s3, 3)
     for index in range(8):  # agents spread over the replicas, each able to fail over to the others
         cluster.agent(gateways[index % 3], "--max-executions", "4", replicas=gateways)
     job_ids = submit_all(gateways, [tiny_job(i) for i in range(2000)])
@@ -102,11 +95,11 @@ def test_three_replicas_share_the_work_and_each_job_runs_once(cluster: Cluster, 
     assert len(nodes) >= 4  # the work was spread
 
 
-def test_work_submitted_to_one_replica_wakes_an_agent_waiting_on_another(cluster: Cluster, postgres: PostgresServer,
+def test_work_submitted_to_one_replica_wakes_an_agent_waiting_on_another(cluster: Cluster, own_postgres: PostgresServer,
                                                                          s3: S3) -> None:
     """The agent's poll on replica A waits up to 30 s; without a notification from replica B it would only
     see the job when that poll ends. It starts long before."""
-    a, b = replicas(cluster, postgres, s3, 2, poll_seconds="30", lease_seconds="90")
+    a, b = replicas(cluster, own_postgres, s3, 2, poll_seconds="30", lease_seconds="90")
     cluster.agent(a)
     waits = []
     for index in range(5):
@@ -118,9 +111,9 @@ def test_work_submitted_to_one_replica_wakes_an_agent_waiting_on_another(cluster
     assert max(waits) < 10, waits  # a third of the poll period: the notification, not the poll's end
 
 
-def test_logs_and_results_are_served_by_any_replica(cluster: Cluster, postgres: PostgresServer, s3: S3,
+def test_logs_and_results_are_served_by_any_replica(cluster: Cluster, own_postgres: PostgresServer, s3: S3,
                                                      tmp_path: Path) -> None:
-    a, b = replicas(cluster, postgres, s3, 2)
+    a, b = replicas(cluster, own_postgres, s3, 2)
     cluster.agent(a)
     job = wasm_job("echo", "from replica a")
     job_id = a.submit(job)
@@ -134,9 +127,9 @@ def test_logs_and_results_are_served_by_any_replica(cluster: Cluster, postgres: 
     assert (out / "stdout").read_text() == "from replica a\n"
 
 
-def test_a_replica_killed_mid_run_loses_nothing_acknowledged(cluster: Cluster, postgres: PostgresServer,
+def test_a_replica_killed_mid_run_loses_nothing_acknowledged(cluster: Cluster, own_postgres: PostgresServer,
                                                              s3: S3) -> None:
-    gateways = replicas(cluster, postgres, s3, 3)
+    gateways = replicas(cluster, own_postgres, s3, 3)
     for index in range(4):
         cluster.agent(gateways[index % 3], "--max-executions", "4", replicas=gateways)
     jobs = [tiny_job(i) for i in range(600)]
@@ -152,13 +145,13 @@ def test_a_replica_killed_mid_run_loses_nothing_acknowledged(cluster: Cluster, p
     assert_each_ran_once(survivors[1], acknowledged[::5] + more)
 
 
-def test_a_postgres_restart_loses_nothing_acknowledged(cluster: Cluster, postgres: PostgresServer, s3: S3) -> None:
-    gateways = replicas(cluster, postgres, s3, 2)
+def test_a_postgres_restart_loses_nothing_acknowledged(cluster: Cluster, own_postgres: PostgresServer, s3: S3) -> None:
+    gateways = replicas(cluster, own_postgres, s3, 2)
     for index in range(2):
         cluster.agent(gateways[index], "--max-executions", "4", replicas=gateways)
     before = submit_all(gateways, [tiny_job(i) for i in range(100)])
-    postgres.stop("fast")
-    postgres.start()
+    own_postgres.stop("fast")
+    own_postgres.start()
     after = submit_all(gateways, [tiny_job(100 + i) for i in range(100)])
     assert len(before) == 100 and len(after) >= 95
     wait_all_done(gateways[0], before + after, timeout=300)

@@ -10,19 +10,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 from gateway import db
-from tests.conftest import free_port
-from tests.postgres import PostgresServer, own_server
+from tests.postgres import PostgresServer
 
 
 @pytest.fixture
-def postgres() -> Iterator[PostgresServer]:
-    with own_server(free_port()) as server:
-        yield server
-
-
-@pytest.fixture
-def engine(postgres: PostgresServer) -> Iterator[Engine]:
-    engine = db.new_engine(postgres.create_database())
+def engine(own_postgres: PostgresServer) -> Iterator[Engine]:
+    engine = db.new_engine(own_postgres.create_database())
     yield engine
     engine.dispose()
 
@@ -45,13 +38,13 @@ def one(engine: Engine) -> int:
 
 
 def test_a_connection_the_server_closed_is_replaced_before_it_is_handed_out(engine: Engine,
-                                                                            postgres: PostgresServer) -> None:
+                                                                            own_postgres: PostgresServer) -> None:
     pings = count_pings(engine)
     assert one(engine) == 1
     assert one(engine) == 1  # the same pooled connection again, at once: no round trip to check it
     assert pings == []
-    postgres.stop("fast")
-    postgres.start()
+    own_postgres.stop("fast")
+    own_postgres.start()
     assert one(engine) == 1  # the pooled connection's socket says the server closed it: a new one answers
     assert engine.pool.checkedin() == 1  # the dead one is gone, not returned to the pool
 
