@@ -339,16 +339,16 @@ class Store:
         """Why each connected, approved node could never run the task (judged on its whole capacity); unless
         `all_nodes`, only up to the first node that could (a node that fits is all scheduling needs to know)."""
         reasons: dict[str, list[str]] = {}
-        after: dict[str, Any] = {"time": -1, "after": ""}
+        page: dict[str, Any] = {"time": -1, "after": ""}  # begins past this node (its creation time and ID)
         while True:  # a page at a time, oldest first: the first that fits often comes first
-            nodes = session.execute(sql.USABLE_NODES, after).all()
+            nodes = session.execute(sql.USABLE_NODES, page).all()
             for node in nodes:
                 reasons[node.id] = placement.unsuitable(node, needs, Resources.from_capacity(node.capacity))
                 if not reasons[node.id] and not all_nodes:
                     return reasons
             if len(nodes) < sql.NODES_PER_READ:
                 return reasons
-            after = {"time": nodes[-1].create_time, "after": nodes[-1].id}
+            page = {"time": nodes[-1].create_time, "after": nodes[-1].id}
 
     @staticmethod
     def _new_execution(job: JobRecord | Row[Any], needs: Needs, index: int, *, attempt: int, now: int,
