@@ -61,6 +61,7 @@ PACING_S = 0.05  # pause after a job completes so the agent is back in a waiting
 WARMUP_JOBS = 2  # latency jobs per replica run first and left out of the statistics (compile, first imports)
 THREADS = 16
 SLOTS_PER_AGENT = 2
+QUEUE_PER_AGENT = 1  # executions an agent takes ahead of its free slots (`shoal agent --queue`)
 BATCH = 100  # jobs per request in the batched throughput measurement
 THROUGHPUT_RUNS = ((1, 1), (4, 1), (4, BATCH))  # (agents, jobs per submission)
 DONE_POLL_S = 0.05
@@ -259,7 +260,7 @@ def bench_throughput(root: Path, scenario: Scenario, agents: int, batch: int, jo
                      round_: int = 0) -> dict[str, Any]:
     namespace = f"bench-throughput-{agents}-{batch}-{uuid.uuid4().hex[:8]}"
     with stack(root, f"{scenario.label}-throughput-{agents}-{batch}-r{round_}", scenario.new_database(),
-               scenario.replicas, agents=agents, slots=SLOTS_PER_AGENT) as gw:
+               scenario.replicas, agents=agents, slots=SLOTS_PER_AGENT, queue=QUEUE_PER_AGENT) as gw:
         # Warm every replica up (first requests, imports); each agent still compiles the module on first use.
         for client in gw.clients:
             gw.submit(client, probe_job(namespace + "-warmup", "echo", "warm"))
@@ -279,7 +280,8 @@ def bench_throughput(root: Path, scenario: Scenario, agents: int, batch: int, jo
     last_done = max((j["ModifyTime"] for j in completed), default=first)
     elapsed_s = (last_done - first) / 1e9
     return {
-        "jobs": jobs, "agents": agents, "batch": batch, "max_executions": SLOTS_PER_AGENT, "threads": THREADS,
+        "jobs": jobs, "agents": agents, "batch": batch, "max_executions": SLOTS_PER_AGENT, "queue": QUEUE_PER_AGENT,
+        "threads": THREADS,
         **({"replicas": scenario.replicas, "submitted_through": "replicas in turn",
             "agents_poll_replicas": [i % scenario.replicas for i in range(agents)]} if scenario.replicas > 1 else {}),
         "namespace": namespace,
@@ -408,7 +410,7 @@ def main() -> int:
         "latency_jobs": latency_jobs, "cross_replica_jobs": latency_jobs, "latency_interleaved": True,
         "throughput_jobs": throughput_jobs, "throughput_rounds": per_round,
         "throughput_runs": [{"agents": agents, "batch": batch} for agents, batch in THROUGHPUT_RUNS],
-        "slots_per_agent": SLOTS_PER_AGENT, "submit_threads": THREADS,
+        "slots_per_agent": SLOTS_PER_AGENT, "queue_per_agent": QUEUE_PER_AGENT, "submit_threads": THREADS,
         "publisher": PUBLISHER, "wasm_module": str(TICK.relative_to(ROOT)), "wasm_module_bytes": len(_tick()),
         "job_spec_bytes": len(json.dumps(probe_job("namespace", "echo", "x"))),
         "warmup_latency_jobs_per_replica": WARMUP_JOBS, "pacing_s": PACING_S,

@@ -363,13 +363,15 @@ class Stack:
 
 
 @contextmanager
-def stack(root: Path, name: str, database_url: str, replicas: int, agents: int, slots: int) -> Iterator[Stack]:
+def stack(root: Path, name: str, database_url: str, replicas: int, agents: int, slots: int,
+          queue: int = 0) -> Iterator[Stack]:
+    """Gateway replicas and `agents` agents of `slots` slots each (and `queue` executions taken ahead of them)."""
     folder = root / name
     folder.mkdir()
     running = Stack(folder, database_url)
     try:
         running.start_gateways(replicas)
-        running.start_agents(agents, slots)
+        running.start_agents(agents, slots, *(("--queue", str(queue)) if queue else ()))
         yield running
     except BaseException:
         for proc in running.procs:

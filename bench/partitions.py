@@ -6,7 +6,7 @@ Goal: every partition done (exactly one Completed execution each, none run succe
 reported.
 
 Each round starts fresh processes on 127.0.0.1, as dispatch.py does: one `shoal serve` (SQLite, defaults) and
-4 `shoal agent` processes with `--max-executions 2`. A warm-up job (Count = agents x slots) runs first, so the
+4 `shoal agent` processes with `--max-executions 2 --queue 1`. A warm-up job (Count = agents x slots) runs first, so the
 first compilations of the module are mostly out of the way. Then one batch job of the tick module
 (`tick echo x`, sent inline, `noop` publisher) with Count N: the time runs from just before its
 `PUT /api/v1/orchestrator/jobs` to the job's ModifyTime when the gateway marked it Completed (same host clock);
@@ -31,6 +31,7 @@ from harness import JOBS, RESULTS, TERMINAL, BenchError, CpuWatch, Stack, machin
 from scale import batch_job, fmt, md_table, verdict
 
 SLOTS = 2
+QUEUE = 1  # executions an agent takes ahead of its free slots
 DONE_POLL_S = 0.1
 
 
@@ -78,7 +79,7 @@ def one_round(root: Path, index: int, count: int, agents: int) -> dict[str, Any]
     """A fresh gateway and agents, a warm-up job, then the measured job."""
     namespace = f"bench-partitions-{uuid.uuid4().hex[:8]}"
     timeout = max(300.0, count * 1.0)
-    with stack(root, f"round-{index}", "", replicas=1, agents=agents, slots=SLOTS) as gw:
+    with stack(root, f"round-{index}", "", replicas=1, agents=agents, slots=SLOTS, queue=QUEUE) as gw:
         _, warm = run_job(gw, namespace + "-warmup", agents * SLOTS, timeout=120)
         watch = CpuWatch()
         submitted, body = run_job(gw, namespace, count, timeout)
@@ -90,7 +91,7 @@ def one_round(root: Path, index: int, count: int, agents: int) -> dict[str, Any]
     ok = (job["State"]["StateType"] == "Completed" and check["missing_count"] == 0 and check["twice_count"] == 0
           and check["wrong_output_count"] == 0)
     return {"round": index, "job_id": job["ID"], "namespace": namespace, "count": count, "agents": agents,
-            "max_executions": SLOTS, "state": job["State"], "ok": ok, "elapsed_s": elapsed_s,
+            "max_executions": SLOTS, "queue": QUEUE, "state": job["State"], "ok": ok, "elapsed_s": elapsed_s,
             "observed_elapsed_s": (observed - submitted) / 1e9, "partitions_per_s": count / elapsed_s,
             "check": check, "warmup_state": warm["Job"]["State"]["StateType"], "cpu": cpu}
 
@@ -129,6 +130,7 @@ def main() -> int:
     results: dict[str, Any] = {"machine": machine() | {"database": "sqlite (default, in the data dir)"},
                                "quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     results["parameters"] = {"count": count, "rounds": rounds, "agents": args.agents, "max_executions": SLOTS,
+                             "queue": QUEUE,
                              "task": "tick echo x (inline module)", "publisher": "noop",
                              "warmup_count": args.agents * SLOTS, "gateway_settings": "defaults"}
     runs = []
@@ -144,7 +146,7 @@ def main() -> int:
     print(report(runs, overall))
     info = results["machine"]
     print(f"\n{info['cpu_count']} CPUs, Python {info['python']}, shoal {info['shoal']}; one gateway (SQLite), "
-          f"{args.agents} agents x {SLOTS} slots; {results['duration_s']:.0f} s; JSON: {args.json}")
+          f"{args.agents} agents x {SLOTS} slots (queue {QUEUE}); {results['duration_s']:.0f} s; JSON: {args.json}")
     return 0 if overall["ok"] else 1
 
 

@@ -31,6 +31,7 @@ from compute_agent.inputs import InputFetcher
 from compute_agent.log_shipping import LogShipper
 from compute_agent.publish import publish
 from compute_agent.settings import AgentSettings
+from compute_agent.slots import Slots
 from compute_agent.task_output import TaskOutput
 from compute_agent.workspace import TaskRun
 from shoal import __version__
@@ -57,9 +58,10 @@ class Agent:
         self._downloads = httpx.AsyncClient(timeout=60)
         self._inputs = InputFetcher(self._downloads, limit=settings.max_input_bytes,
                                     allowed=settings.allowed_local_paths)
-        self._running: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}
+        self._running: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}  # those waiting for a slot too
+        self._slots = Slots(settings.slots)
         self._completions = Completions(self._gateway, running=lambda: len(self._running), take=self._take,
-                                        slots=lambda: None if self._stopping.is_set() else settings.slots)
+                                        slots=lambda: None if self._stopping.is_set() else settings.takes)
         self._info_sent = -INFO_REFRESH  # monotonic time the node's info last went with a poll
         self._stopping = asyncio.Event()
 
@@ -148,17 +150,17 @@ class Agent:
                     cancel.set()
                     task.cancel()
             launches = [self._start(assignment) for assignment in reply.get("Executions") or []]
-            if launches and len(self._running) >= self.settings.slots:
+            if launches and len(self._running) >= self.settings.takes:
                 await self._launched(launches)
 
     async def _poll_once(self) -> dict[str, Any] | None:
-        """One long-poll (None when the agent stops meanwhile). It says how many executions the node runs at once,
-        so the gateway counts the free slots itself: a slot that frees during the poll (the completion is on the
-        gateway) is filled by this same poll, with no need to drop it and ask again. What the node says about
-        itself goes along with the first poll and then every INFO_REFRESH seconds."""
+        """One long-poll (None when the agent stops meanwhile). It says how many executions the node takes at once
+        (its slots and its queue), so the gateway counts the free slots itself: a slot that frees during the poll
+        (the completion is on the gateway) is filled by this same poll, with no need to drop it and ask again. What
+        the node says about itself goes along with the first poll and then every INFO_REFRESH seconds."""
         # executions the gateway has seen end may still be cleaning up here, so more may be running than slots
-        free = max(0, self.settings.slots - len(self._running))
-        info: dict[str, Any] = {"Slots": self.settings.slots}
+        free = max(0, self.settings.takes - len(self._running))
+        info: dict[str, Any] = {"Slots": self.settings.takes}
         if time.monotonic() - self._info_sent >= INFO_REFRESH:
             info |= await asyncio.to_thread(self._info)
             self._info_sent = time.monotonic()
@@ -202,7 +204,8 @@ class Agent:
                     await launched.wait()
 
     def _start(self, assignment: dict[str, Any]) -> asyncio.Event:
-        """Run an assignment; the event is set once its task runs, or the execution has ended without."""
+        """Run an assignment; the event is set once its task runs or waits for a slot, or the execution has ended
+        without."""
         execution_id = assignment["ExecutionID"]
         cancel, launched = threading.Event(), asyncio.Event()
         task = asyncio.create_task(self._execute(assignment, cancel, launched), name=execution_id)
@@ -251,7 +254,6 @@ class Agent:
         run = self._task_run(assignment)
         run.started = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, launched.set)
         spec = assignment["Task"]
-        worker: asyncio.Future[int] | None = None
         shipper: LogShipper | None = None
         running: _Running | None = None
         try:
@@ -266,11 +268,18 @@ class Agent:
                                          partitions=assignment["PartitionCount"], in_memory=entry)
             shipper = LogShipper(self._gateway, execution_id, {"stdout": run.stdout, "stderr": run.stderr})
             shipper.start()
-            started = time.time_ns()
-            # Results to publish take a while after the task: say Running at once (without waiting for the answer)
-            running = _Running(self._gateway, execution_id, 0.0 if published else RUNNING_AFTER)
-            worker = asyncio.ensure_future(asyncio.to_thread(executor.run, run, cancel))
-            exit_code = await asyncio.shield(worker)
+            async with self._slots.hold(endless=assignment["JobType"] in ("daemon", "service"), waiting=launched.set):
+                started = time.time_ns()
+                # Results to publish take a while after the task: say Running at once (without waiting for the answer)
+                running = _Running(self._gateway, execution_id, 0.0 if published else RUNNING_AFTER)
+                worker = asyncio.ensure_future(asyncio.to_thread(executor.run, run, cancel))
+                try:
+                    exit_code = await asyncio.shield(worker)
+                except asyncio.CancelledError:  # the task stops before its slot is let go
+                    cancel.set()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(worker, 30)
+                    raise
             reported = await running.settle()
             logs = await shipper.finish() if not published else []
             if published:  # the results dir is archived: its exit code goes along
@@ -283,9 +292,6 @@ class Agent:
             log.info("execution %s completed with exit code %d", execution_id, exit_code)
         except asyncio.CancelledError:
             cancel.set()
-            if worker is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(worker, 30)
             if self._stopping.is_set():
                 with contextlib.suppress(AgentError):
                     await self._gateway.fail(execution_id, "the agent shut down during the execution")

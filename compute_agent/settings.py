@@ -18,6 +18,7 @@ class AgentSettings:
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     max_executions: int = 0
+    queue: int = 0  # executions taken ahead of the free slots
     cpu: float = 0.0
     memory: int = 0
     disk: int = 0
@@ -31,7 +32,13 @@ class AgentSettings:
 
     @property
     def slots(self) -> int:
+        """Tasks run at once."""
         return self.max_executions or max(1, os.cpu_count() or 1)
+
+    @property
+    def takes(self) -> int:
+        """Executions the node holds at once: those its slots run and those waiting for one."""
+        return self.slots + self.queue
 
     def capacity(self) -> dict[str, float]:
         """What this node offers: the flags' values, else 80% of the host (as Bacalhau allocates)."""

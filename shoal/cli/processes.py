@@ -100,6 +100,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config_file
 @click.option("--labels", multiple=True, help=LABEL_HELP)
 @click.option("--data-dir", default=None, type=click.Path(path_type=Path), help="Work dir (~/.shoal/agent).")
 @click.option("--max-executions", default=0, help="Tasks run at once (default: one per CPU).")
+@click.option("--queue", default=0, type=click.IntRange(min=0),
+              help="Executions taken ahead of the free slots, which start as one frees (default 0).")
 @click.option("--cpu", default="", help="CPU cores to offer, e.g. 2 or 1500m (default: 80% of the host).")
 @click.option("--memory", default="", help="Memory to offer, e.g. 4Gb (default: 80% of the host).")
 @click.option("--disk", default="", help="Disk to offer, e.g. 20Gb (default: 80% free space of --data-dir).")
@@ -109,7 +111,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config_file
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def agent(ctx: click.Context, gateway_url: str | None, token: str, labels: tuple[str, ...], data_dir: Path | None,
-          max_executions: int, cpu: str, memory: str, disk: str, name: str, allowed_paths: tuple[str, ...],
+          max_executions: int, queue: int, cpu: str, memory: str, disk: str, name: str, allowed_paths: tuple[str, ...],
           verbose: bool) -> None:
     """Run a compute agent (`shoal agent --gateway URL`), or ask a gateway about itself (alive, version)."""
     if ctx.invoked_subcommand is not None:
@@ -121,7 +123,7 @@ def agent(ctx: click.Context, gateway_url: str | None, token: str, labels: tuple
     _logging(verbose)
     settings = AgentSettings(gateway_url=gateway_url, token=token, labels=_labels(labels), name=name,
                              data_dir=(data_dir or Path("~/.shoal/agent")).expanduser(),
-                             max_executions=max_executions, cpu=parse_cpu(cpu) if cpu else 0.0,
+                             max_executions=max_executions, queue=queue, cpu=parse_cpu(cpu) if cpu else 0.0,
                              memory=parse_bytes(memory) if memory else 0, disk=parse_bytes(disk) if disk else 0,
                              allowed_local_paths=_allowed_paths(allowed_paths))
 
