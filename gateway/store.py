@@ -337,16 +337,24 @@ class Store:
     @staticmethod
     def _placement_reasons(session: Session, needs: Needs, *, all_nodes: bool = True) -> dict[str, list[str]]:
         """Why each connected, approved node could never run the task (judged on its whole capacity); unless
-        `all_nodes`, only up to the first node that could (a node that fits is all scheduling needs to know)."""
+        `all_nodes`, only up to the first node that could (a node that fits is all scheduling needs to know).
+        Worked out once per transaction for each kind of task (no transaction that schedules changes the nodes):
+        a batch of like jobs reads the nodes once."""
+        known: dict[tuple[str, bool], dict[str, list[str]]] = session.info.setdefault("placements", {})
+        key = (repr(needs), all_nodes)
+        if key in known:
+            return known[key]
         reasons: dict[str, list[str]] = {}
         page: dict[str, Any] = {"time": -1, "after": ""}  # begins past this node (its creation time and ID)
         while True:  # a page at a time, oldest first: the first that fits often comes first
-            nodes = session.execute(sql.USABLE_NODES, page).all()
+            nodes = direct.run(session, sql.USABLE_NODES, page)
             for node in nodes:
                 reasons[node.id] = placement.unsuitable(node, needs, Resources.from_capacity(node.capacity))
                 if not reasons[node.id] and not all_nodes:
+                    known[key] = reasons
                     return reasons
             if len(nodes) < sql.NODES_PER_READ:
+                known[key] = reasons
                 return reasons
             page = {"time": nodes[-1].create_time, "after": nodes[-1].id}
 

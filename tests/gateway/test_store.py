@@ -119,7 +119,17 @@ def test_scheduling_looks_at_the_oldest_nodes_first(store: Store, engine: Engine
         assert any("ix_nodes_age" in step for step in plan) and not any("TEMP B-TREE" in step for step in plan), plan
 
 
-# -- claim ------------------------------------------------------------------------------------------------
+def test_a_batch_of_like_jobs_reads_the_nodes_once(store: Store, engine: Engine) -> None:
+    """Scheduling judges each kind of task against the nodes once per transaction; a job of another kind still
+    gets its own judgement (here: no node runs docker, so it is queued for one while the wasm jobs wait for the
+    node)."""
+    node(store, "wasm")
+    jobs = [wasm() for _ in range(5)] + [docker()]
+    records, statements = executed(engine, lambda: store.submit_all(jobs))
+    pages = [text for text, _ in statements if text.lstrip().startswith("SELECT nodes.")]
+    assert len(pages) == 2, pages
+    assert [record.state for record in records] == [JobState.PENDING] * 5 + [JobState.QUEUED]
+    assert "does not support docker" in records[-1].state_message
 
 
 @pytest.mark.parametrize("per_claim", [1, 3])
