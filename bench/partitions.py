@@ -6,8 +6,8 @@ Goal: every partition done (exactly one Completed execution each, none run succe
 reported.
 
 Each round starts fresh processes on 127.0.0.1, as dispatch.py does: one `shoal serve` (SQLite, defaults) and
-4 `shoal agent` processes with `--max-executions 2 --queue 1`. A warm-up job (Count = agents x slots) runs first, so the
-first compilations of the module are mostly out of the way. Then one batch job of the tick module
+4 `shoal agent` processes with `--max-executions 2 --queue 1`. A warm-up job (Count = agents x slots) runs first,
+so the first compilations of the module are mostly out of the way. Then one batch job of the tick module
 (`tick echo x`, sent inline, `noop` publisher) with Count N: the time runs from just before its
 `PUT /api/v1/orchestrator/jobs` to the job's ModifyTime when the gateway marked it Completed (same host clock);
 partitions/s = N / that time. The job's executions (`GET …/jobs/<id>?include=executions`) are then checked: each

@@ -345,16 +345,15 @@ class Store:
         if key in known:
             return known[key]
         reasons: dict[str, list[str]] = {}
+        known[key] = reasons  # filled in below
         page: dict[str, Any] = {"time": -1, "after": ""}  # begins past this node (its creation time and ID)
         while True:  # a page at a time, oldest first: the first that fits often comes first
             nodes = direct.run(session, sql.USABLE_NODES, page)
             for node in nodes:
                 reasons[node.id] = placement.unsuitable(node, needs, Resources.from_capacity(node.capacity))
                 if not reasons[node.id] and not all_nodes:
-                    known[key] = reasons
                     return reasons
             if len(nodes) < sql.NODES_PER_READ:
-                known[key] = reasons
                 return reasons
             page = {"time": nodes[-1].create_time, "after": nodes[-1].id}
 
