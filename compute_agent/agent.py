@@ -43,6 +43,7 @@ PUBLISHERS = ("s3managed", "noop")
 INFO_REFRESH = 60.0  # seconds between polls that carry the node's info (engines, labels, capacity)
 RUNNING_AFTER = 0.5  # seconds a task runs before the agent reports it Running on its own; see _Running
 LAUNCH_WAIT = 1.0  # seconds an agent with no free slot waits for the tasks it just took to start; see _launched
+ENDLESS = ("daemon", "service")  # job types whose tasks run until they are stopped: no timeout, no slot waited for
 
 
 class Agent:
@@ -241,7 +242,7 @@ class Agent:
             params=spec["Engine"].get("Params") or {},
             env=env,
             root=self.settings.data_dir / "executions" / execution_id,
-            timeout=None if assignment["JobType"] in ("daemon", "service") else
+            timeout=None if assignment["JobType"] in ENDLESS else
             float(timeouts.get("ExecutionTimeout") or timeouts.get("TotalTimeout") or 0) or None,
             cpu=parse_cpu(resources.get("CPU") or self.settings.default_cpu),
             memory=parse_bytes(resources.get("Memory") or self.settings.default_memory),
@@ -268,7 +269,7 @@ class Agent:
                                          partitions=assignment["PartitionCount"], in_memory=entry)
             shipper = LogShipper(self._gateway, execution_id, {"stdout": run.stdout, "stderr": run.stderr})
             shipper.start()
-            async with self._slots.hold(endless=assignment["JobType"] in ("daemon", "service"), waiting=launched.set):
+            async with self._slots.hold(endless=assignment["JobType"] in ENDLESS, waiting=launched.set):
                 started = time.time_ns()
                 # Results to publish take a while after the task: say Running at once (without waiting for the answer)
                 running = _Running(self._gateway, execution_id, 0.0 if published else RUNNING_AFTER)

@@ -30,9 +30,9 @@ _Waiting = tuple[bytes, str, asyncio.Future[None]]  # a completion's JSON, its e
 class Completions:
     """`report` sends one execution's completion, with others, and returns once the gateway recorded it (or
     raises GatewayError when it refused it or could not be reached). `running()` counts the executions the node
-    runs, those waiting here included; `take` starts what the gateway assigned for the freed slots. `slots` is
-    sent along (None when the agent stops: nothing is taken then). `gather` is how completions go until the
-    gateway's first answer says."""
+    holds, those waiting here and for a slot included; `take` starts what the gateway assigned for the freed
+    slots. `slots` is sent along (None when the agent stops: nothing is taken then). `gather` is how completions
+    go until the gateway's first answer says."""
 
     def __init__(self, gateway: GatewayClient, *, running: Callable[[], int],
                  take: Callable[[list[dict[str, Any]]], Awaitable[None]], slots: Callable[[], int | None],
