@@ -1,8 +1,8 @@
 """Claiming: a polling node takes the waiting executions it may run now.
 
 Runs inside the store's transaction, which has locked the node's row first, so two claims for one node never
-over-commit it; the executions it chooses are then locked with SKIP LOCKED where they still wait (PostgreSQL),
-or claims are serialised by SQLite's write lock, so no execution is ever claimed twice.
+over-commit it; the executions it chooses are then claimed in one statement that locks them with SKIP LOCKED where
+they still wait (PostgreSQL), or claims are serialised by SQLite's write lock, so no execution is ever claimed twice.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, String, bindparam, exists, func, literal, select, tuple_
+from sqlalchemy import Connection, Row, String, bindparam, exists, func, literal, select, tuple_, update
 
 from gateway import direct
 from gateway.models import (
@@ -28,7 +28,7 @@ from gateway.models import (
     NodeRecord,
 )
 from gateway.placement import Needs, Node, Resources, matches, unsuitable
-from gateway.statements import ACTIVE_HERE
+from gateway.statements import ACTIVE_HERE, CLAIM, CLAIMED
 
 BATCH = 256  # waiting executions looked at per query at most, oldest first
 MIN_BATCH = 4  # and at least
@@ -46,12 +46,13 @@ NEVER_TOTAL = 262_144  # and in all (a few tens of MB at most); the nodes used l
 # more than running it, and a claim runs on every poll that finds work.
 _USED = select(EXECUTIONS.c.cpu, EXECUTIONS.c.memory, EXECUTIONS.c.disk, EXECUTIONS.c.gpu).where(*ACTIVE_HERE)
 _JOBS = select(JOBS, JOB_SPEC).where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
-_STILL_WAITING = select(EXECUTIONS.c.id).where(
+# CLAIM, of those that still wait (PostgreSQL: claims on other replicas may have taken some); returns those it took
+_TAKE = update(EXECUTIONS).where(EXECUTIONS.c.id.in_(select(EXECUTIONS.c.id).where(
     EXECUTIONS.c.id.in_(bindparam("ids", expanding=True)),
     EXECUTIONS.c.compute_state == ExecutionState.NEW,
     EXECUTIONS.c.desired_state == DesiredState.RUNNING,
-    EXECUTIONS.c.node_id.is_(None) | (EXECUTIONS.c.node_id == bindparam("node")),
-).with_for_update(skip_locked=True)
+    EXECUTIONS.c.node_id.is_(None) | (EXECUTIONS.c.node_id == bindparam("claimer")),
+).with_for_update(skip_locked=True))).values(CLAIMED).returning(EXECUTIONS.c.id)
 
 
 def _free(node: Node, used: Sequence[Row[Any, Any, Any, Any]]) -> Resources:
@@ -59,11 +60,12 @@ def _free(node: Node, used: Sequence[Row[Any, Any, Any, Any]]) -> Resources:
     return Resources.from_capacity(node.capacity) - sum((Resources(*row) for row in used), Resources())
 
 
-def choose(db: Connection, node: NodeRecord, limit: int, needs_of: Callable[[dict[str, Any]], Needs], *,
-           slots: int | None = None) -> list[tuple[Row[Any], Row[Any]]]:
-    """The waiting executions the node should take now, with their jobs (rows of both tables); `node` is its row,
-    which the caller has locked and read in the transaction of `db`. At most `limit`, and with `slots` (how many
-    the node runs at once) no more than its slots not taken by its active executions; the caller marks them claimed.
+def take(db: Connection, node: NodeRecord, limit: int, needs_of: Callable[[dict[str, Any]], Needs], *,
+         lease: int, now: int, slots: int | None = None) -> list[tuple[Row[Any], Row[Any]]]:
+    """Claim the waiting executions the node should take now, their leases ending at `lease`; returns them with
+    their jobs (rows of both tables, as they were before the claim). `node` is its row, which the caller has locked
+    and read in the transaction of `db`. At most `limit`, and with `slots` (how many the node runs at once) no more
+    than its slots not taken by its active executions.
     Counting the node's executions here, under its row lock, means a poll never takes more than the node can run,
     however its completions and polls interleave."""
     if limit <= 0 or node.membership != NodeMembership.APPROVED or not node.engines:
@@ -74,11 +76,11 @@ def choose(db: Connection, node: NodeRecord, limit: int, needs_of: Callable[[dic
         if limit <= 0:
             return []
     scan = _Scan(db, node, needs_of, _free(node, used))
-    serialised = db.dialect.name == "sqlite"  # SQLite's write lock: nothing chosen is lost
+    claim = {"claimer": node.id, "lease": lease, "now": now}
     taken: list[Row[Any]] = []
     for _ in range(ROUNDS):
         chosen = scan.pick(limit - len(taken))
-        locked = [e for e, _ in chosen.values()] if serialised else _locked(db, node.id, chosen)
+        locked = _claimed(db, chosen, claim)
         taken += locked
         lost = chosen.keys() - {e.id for e in locked}
         if not lost or len(taken) == limit or scan.done:
@@ -284,13 +286,16 @@ def _order(execution: Row[Any]) -> tuple[int, str, int, str]:
     return execution.create_time, execution.job_id, execution.partition_index, execution.id
 
 
-def _locked(db: Connection, node_id: str, chosen: dict[str, tuple[Row[Any], Needs]]) -> list[Row[Any]]:
-    """Those of the chosen executions this claim could lock while they still wait: a claim on another replica
-    may have taken some meanwhile (PostgreSQL). Only chosen executions are locked, so a claim never hides from the
+def _claimed(db: Connection, chosen: dict[str, tuple[Row[Any], Needs]], claim: dict[str, Any]) -> list[Row[Any]]:
+    """Claim the chosen executions that still wait: a claim on another replica may have taken some meanwhile
+    (PostgreSQL; SQLite's write lock keeps them). Only chosen executions are locked, so a claim never hides from the
     others work it does not take."""
     if not chosen:
         return []
-    ids = set(direct.run(db, _STILL_WAITING, {"ids": list(chosen), "node": node_id}).scalars())
+    if db.dialect.name == "sqlite":
+        direct.run(db, CLAIM, claim | {"ids": list(chosen)})
+        return [execution for execution, _ in chosen.values()]
+    ids = set(direct.run(db, _TAKE, claim | {"ids": list(chosen)}).scalars())
     return [execution for execution, _ in chosen.values() if execution.id in ids]
 
 

@@ -10,8 +10,8 @@ columns are also attributes, with `_mapping`.
     node = rows.first()
 
 For SELECT, UPDATE and DELETE statements built once (each is compiled once and kept: never pass one built per
-call); an UPDATE sets what its `values()` names, nothing more. Anything else, and a statement with an empty list for
-an expanding parameter, goes through SQLAlchemy.
+call); an UPDATE sets what its `values()` names, nothing more, and returns the rows of its `returning()`. Anything
+else, and a statement with an empty list for an expanding parameter, goes through SQLAlchemy.
 
     direct.insert(db, EVENTS, rows)
 
@@ -227,10 +227,7 @@ def _compiled(statement: Executable, dialect: Dialect) -> _Compiled | None:
     expanding = frozenset(name for name, bind in binds.items() if bind.expanding)
     row: type | None = None
     types: tuple[Any, ...] = ()
-    if compiled.isupdate or compiled.isdelete:
-        if compiled.returning:
-            return None
-    else:
+    if not (compiled.isupdate or compiled.isdelete) or compiled.returning:
         keys = [column.keyname for column in compiled._result_columns]
         if len(set(keys)) != len(keys) or not all(key.isidentifier() and not key.startswith("_") for key in keys):
             return None

@@ -70,11 +70,15 @@ UNFINISHED = select(EXECUTIONS.c.id).where(
     EXECUTIONS.c.job_id == bindparam("job"),
     EXECUTIONS.c.compute_state.in_([ExecutionState.NEW, *ACTIVE_EXECUTION_STATES]))
 WAITING_JOB = (JobState.PENDING, JobState.QUEUED)
-CLAIM = update(EXECUTIONS).where(EXECUTIONS.c.id.in_(bindparam("ids", expanding=True))).values(
-    node_id=bindparam("claimer"), lease_expires=bindparam("lease"), compute_state=ExecutionState.BID_ACCEPTED,
-    modify_time=bindparam("now"), revision=EXECUTIONS.c.revision + 1)
-STARTING = select(JOBS.c.id, JOBS.c.version, JOBS.c.state).where(
-    JOBS.c.id.in_(bindparam("ids", expanding=True)), JOBS.c.state.in_(WAITING_JOB),
-).order_by(JOBS.c.id).with_for_update(skip_locked=True)
-START = update(JOBS).where(JOBS.c.id.in_(bindparam("ids", expanding=True))).values(
-    state=JobState.RUNNING, modify_time=bindparam("now"), revision=JOBS.c.revision + 1)
+# an execution claimed: its node (`claimer`), its lease's end (`lease`) and the time (`now`)
+CLAIMED = {"node_id": bindparam("claimer"), "lease_expires": bindparam("lease"),
+           "compute_state": ExecutionState.BID_ACCEPTED, "modify_time": bindparam("now"),
+           "revision": EXECUTIONS.c.revision + 1}
+CLAIM = update(EXECUTIONS).where(EXECUTIONS.c.id.in_(bindparam("ids", expanding=True))).values(CLAIMED)
+# the jobs of claimed executions that have not started, started (one locked elsewhere is being stopped, or started by
+# another claim: it needs nothing from this one); returns those it started
+START = update(JOBS).where(JOBS.c.id.in_(
+    select(JOBS.c.id).where(JOBS.c.id.in_(bindparam("ids", expanding=True)), JOBS.c.state.in_(WAITING_JOB))
+    .with_for_update(skip_locked=True),
+)).values(state=JobState.RUNNING, modify_time=bindparam("now"), revision=JOBS.c.revision + 1).returning(
+    JOBS.c.id, JOBS.c.version)

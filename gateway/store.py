@@ -609,24 +609,22 @@ class Store:
         """Claims for `node`, whose row the caller has locked and read in this transaction."""
         session.flush()  # what the session holds, written: the claim's statements go to its connection directly
         db = session.connection()
-        chosen = claim.choose(db, node, limit, self._needs, slots=slots)
+        now = now_ns()
+        lease = now + self.lease_ns
+        chosen = claim.take(db, node, limit, self._needs, lease=lease, now=now, slots=slots)
         if not chosen:
             return []
-        now = now_ns()  # once the claim holds its locks: leases count from here
-        lease = now + self.lease_ns
-        direct.run(db, sql.CLAIM, {"ids": [e.id for e, _ in chosen], "claimer": node.id, "lease": lease, "now": now})
         events = [history.event(e.job_id, e.job_version, e.id, Topic.SCHEDULING, f"Requested execution on {node.id}",
                                 ExecutionState.NEW, ExecutionState.BID_ACCEPTED, None, now) for e, _ in chosen]
         jobs = {job.id: job for _, job in chosen}
         started: set[str] = set()
         if starting := sorted(job.id for job in jobs.values() if job.state in sql.WAITING_JOB):
-            # a job locked elsewhere is being stopped, or started by another claim: it needs nothing from this one
-            for job_id, version, state in direct.run(db, sql.STARTING, {"ids": starting}):
-                events.append(history.event(job_id, version, "", Topic.STATE_UPDATE, "Running", state,
+            # each still waits as the claim read it (Pending or Queued): a job changes that only with a new version,
+            # whose executions the claim would not have taken
+            for job_id, version in sorted(direct.run(db, sql.START, {"ids": starting, "now": now})):
+                events.append(history.event(job_id, version, "", Topic.STATE_UPDATE, "Running", jobs[job_id].state,
                                             JobState.RUNNING, None, now))
                 started.add(job_id)
-            if started:
-                direct.run(db, sql.START, {"ids": sorted(started), "now": now})
         history.write(session, events)
         claimed_jobs = {job_id: from_row(JobRecord, job._mapping) for job_id, job in jobs.items()}
         for job_id in started:

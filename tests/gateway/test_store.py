@@ -291,6 +291,23 @@ def test_a_claim_passes_over_what_another_claim_holds_and_takes_each_execution_o
     assert second.id not in got and first.id in got
 
 
+def test_a_claim_takes_its_executions_and_starts_their_jobs_with_one_statement_each(store: Store,
+                                                                                   engine: Engine) -> None:
+    jobs = store.submit_all([wasm() for _ in range(3)])
+    here = node(store)
+    claimed, statements = executed(engine, lambda: store.claim(here, 3))
+    assert sorted(c.job.id for c in claimed) == sorted(job.id for job in jobs)
+    assert {c.job.state for c in claimed} == {JobState.RUNNING}
+    assert {store.find_job("default", job.id).state for job in jobs} == {JobState.RUNNING}
+    # the node's row, its executions' resources, the waiting executions and their jobs are read; nothing is read again
+    # to lock it (on PostgreSQL, what is taken and started is locked by the UPDATE that takes or starts it)
+    assert [" ".join(s.split()[:3]) for s, _ in statements if s.startswith(("UPDATE", "INSERT"))] == [
+        "UPDATE executions SET", "UPDATE jobs SET", "INSERT INTO events"]
+    assert sum(s.startswith("SELECT") for s, _ in statements) == 4
+    assert [(e.previous_state, e.new_state) for e in store.history(jobs[0].id)] == [
+        ("", "Pending"), ("Pending", "Queued"), ("New", "BidAccepted"), ("Queued", "Running")]
+
+
 def executed(engine: Engine, action: Callable[[], Any]) -> tuple[Any, list[tuple[str, Any]]]:
     """What `action` returns, and the statements it ran, each with its parameters."""
     statements: list[tuple[str, Any]] = []
