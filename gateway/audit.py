@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
@@ -33,5 +35,10 @@ class AuditLog:
 
 def add(session: Session, actor: str, action: str, target: str, *, namespace: str = "", detail: str = "") -> None:
     """Write an entry in the session's transaction (`AuditLog.record`'s own, or one that writes what it records)."""
-    direct.insert(session, AUDIT, [{"time": now_ns(), "actor": actor, "action": action, "target": target,
-                                    "namespace": namespace, "detail": detail[:1024]}])
+    direct.insert(session, AUDIT, [entry(actor, action, target, namespace=namespace, detail=detail)])
+
+
+def entry(actor: str, action: str, target: str, *, namespace: str = "", detail: str = "") -> dict[str, Any]:
+    """An entry's row, for `direct.insert` or `direct.later`."""
+    return {"time": now_ns(), "actor": actor, "action": action, "target": target, "namespace": namespace,
+            "detail": detail[:1024]}

@@ -18,6 +18,14 @@ else, and a statement with an empty list for an expanding parameter, goes throug
 INSERTs rows (dicts with the same keys) into a table, as many to a statement as the database takes, filling in
 the scalar defaults of the columns they leave out; rows that leave out a column whose default is computed go
 through SQLAlchemy.
+
+    direct.later(session, JOBS, rows)
+    ...
+    direct.insert_later(session)
+
+keeps rows in the session until `insert_later` inserts all it kept, each table's in one `insert`: a batch of jobs,
+each adding its rows as it is stored, inserts them with a statement per table instead of several per job. The caller
+inserts them before any statement that needs them.
 """
 
 from __future__ import annotations
@@ -131,6 +139,20 @@ def insert(db: Session | Connection, table: Table, rows: list[dict[str, Any]]) -
                           for key, process in zip(plan.keys, plan.processors, strict=True))
             values.extend(plan.defaults)
         _execute(db, plan.head + ", ".join([plan.row] * len(part)), tuple(values)).close()
+
+
+_LATER = "shoal_direct_later"  # in Session.info: {table's name: (table, rows)}
+
+
+def later(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Keep `rows` for `insert_later`."""
+    session.info.setdefault(_LATER, {}).setdefault(table.name, (table, []))[1].extend(rows)
+
+
+def insert_later(session: Session) -> None:
+    """Insert the rows kept with `later`."""
+    for table, rows in session.info.pop(_LATER, {}).values():
+        insert(session, table, rows)
 
 
 def _insert_plan(table: Table, dialect: Dialect, keys: tuple[str, ...]) -> _Insert | None:

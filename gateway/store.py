@@ -31,6 +31,7 @@ from gateway.history import Topic
 from gateway.log_store import Chunk, store_chunks
 from gateway.models import (
     ACTIVE_EXECUTION_STATES,
+    AUDIT,
     EXECUTIONS,
     JOB_VERSIONS,
     JOBS,
@@ -128,6 +129,7 @@ class Store:
         """A transaction that writes (on SQLite it takes the write lock at BEGIN)."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
+            direct.insert_later(session)
             history.flush(session)
 
     @contextmanager
@@ -196,6 +198,7 @@ class Store:
                     if not batch:
                         raise
                     raise BadRequest(f"Jobs[{index}]: {exc.message}", hint=exc.hint) from None
+            direct.insert_later(session)  # the claims read them
             claims = [self._claim_for(session, node_id, limit, slots) for node_id, limit, slots in claim_for]
         return records, claims
 
@@ -210,6 +213,7 @@ class Store:
         spec = job.wire()
         existing = None
         if job.Name:
+            direct.insert_later(session)  # the jobs before it in the batch, one of which may have its Name
             existing = session.exec(select(JobRecord).where(
                 col(JobRecord.namespace) == job.Namespace, col(JobRecord.name) == job.Name).with_for_update()).first()
         if existing is not None:
@@ -226,8 +230,8 @@ class Store:
                             create_time=now, modify_time=now)
         self._set_spec(record, spec | {"Name": record.name})
         # written with SQL Core: the record stays out of the session, and what changes it later writes the same way
-        direct.insert(session, JOBS, [{column.name: getattr(record, column.name) for column in JOBS.columns}])
-        direct.insert(session, JOB_VERSIONS, [{"job_id": job_id, "version": 1, "spec": record.spec,
+        direct.later(session, JOBS, [{column.name: getattr(record, column.name) for column in JOBS.columns}])
+        direct.later(session, JOB_VERSIONS, [{"job_id": job_id, "version": 1, "spec": record.spec,
                                                "create_time": now}])
         history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
         self._schedule(session, record, now)
@@ -237,7 +241,8 @@ class Store:
     @staticmethod
     def _audit_submission(session: Session, actor: str, job: JobRecord) -> None:
         if actor:
-            audit.add(session, actor, "job.submit", job.id, namespace=job.namespace, detail=f"version {job.version}")
+            direct.later(session, AUDIT, [audit.entry(actor, "job.submit", job.id, namespace=job.namespace,
+                                                      detail=f"version {job.version}")])
 
     def rerun(self, namespace: str, ref: str, version: int = 0) -> JobRecord:
         """A new version of a job from one of its specs (the latest by default)."""
@@ -277,7 +282,7 @@ class Store:
         job.create_time = job.modify_time = now  # timeouts count from the new version's submission
         job.revision += 1
         session.add(job)
-        direct.insert(session, JOB_VERSIONS, [{"job_id": job.id, "version": job.version, "spec": job.spec,
+        direct.later(session, JOB_VERSIONS, [{"job_id": job.id, "version": job.version, "spec": job.spec,
                                               "create_time": now}])
         history.job_event(session, job, Topic.SUBMISSION, message, previous=previous, now=now)
         self._schedule(session, job, now)
@@ -302,7 +307,7 @@ class Store:
             _write(session, sql.QUEUE_JOB, record, {"state": JobState.QUEUED, "state_message": message})
             history.job_event(session, record, Topic.QUEUEING, "Job queued", previous=JobState.PENDING,
                               details={"Reason": message}, now=now)
-        direct.insert(session, EXECUTIONS, [self._new_execution(record, needs, index, attempt=1, now=now)
+        direct.later(session, EXECUTIONS, [self._new_execution(record, needs, index, attempt=1, now=now)
                                             for index in range(record.count)])
 
     def _place_on_nodes(self, session: Session, job: JobRecord, needs: Needs, reasons: dict[str, list[str]],
@@ -313,8 +318,8 @@ class Store:
         if not suitable and job.type == JobType.OPS:
             self._end_job(session, job, JobState.FAILED, placement.not_enough_nodes(1, reasons), now)
         if suitable:
-            direct.insert(session, EXECUTIONS, [self._new_execution(job, needs, 0, attempt=1, now=now,
-                                                                    node_id=node_id) for node_id in suitable])
+            direct.later(session, EXECUTIONS, [self._new_execution(job, needs, 0, attempt=1, now=now,
+                                                                   node_id=node_id) for node_id in suitable])
 
     def _place_daemons(self, session: Session, node: NodeRecord, now: int) -> None:
         """Give a node that joined (or came back) an execution of every daemon job it can run."""
@@ -1019,7 +1024,8 @@ def _admitted(node: NodeRecord) -> NodeRecord:
 
 def _write(session: Session, statement: Any, job: JobRecord | Row[Any], values: dict[str, Any]) -> None:
     """Set `values` on a job with an UPDATE (`statement`, of `sql.setting`) and on its record, if it is one (as
-    written: the session does not write them again)."""
+    written: the session does not write them again). A job just stored is inserted first."""
+    direct.insert_later(session)
     direct.run(session, statement, {"job": job.id} | sql.new(values))
     if isinstance(job, JobRecord):
         for name, value in values.items():

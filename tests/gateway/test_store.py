@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from compute_agent.inputs import STORAGE_SOURCES
 from gateway import history
 from gateway import statements as sql
+from gateway.audit import AuditLog
 from gateway.db import make_engine
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from gateway.models import DesiredState, ExecutionRecord, ExecutionState, JobState, NodeConnection, NodeMembership
@@ -130,6 +131,24 @@ def test_a_batch_of_like_jobs_reads_the_nodes_once(store: Store, engine: Engine)
     assert len(pages) == 2, pages
     assert [record.state for record in records] == [JobState.PENDING] * 5 + [JobState.QUEUED]
     assert "does not support docker" in records[-1].state_message
+
+
+def test_a_batchs_rows_go_in_with_one_insert_per_table_and_what_needs_them_sees_them(store: Store,
+                                                                                    engine: Engine) -> None:
+    node(store, "wasm")
+    jobs = [wasm() for _ in range(4)] + [wasm(count=0), wasm(name="twice"), wasm(count=2, name="twice")]
+    records, statements = executed(engine, lambda: store.submit_all(jobs, actor="ci"))
+    inserts = [" ".join(text.split()[:3]) for text, _ in statements if text.startswith("INSERT")]
+    # the empty job's end and the second "twice"'s lookup (it becomes the first's next version) insert what came
+    # before them, the rest goes in at the end: six new jobs in two INSERTs, six jobs' executions in three
+    assert inserts.count("INSERT INTO jobs") == 2 and inserts.count("INSERT INTO executions") == 3
+    assert records[5].id == records[6].id and records[6].version == 2
+    assert [store.find_job("default", r.id).state for r in records[:5]] == [JobState.PENDING] * 4 + [
+        JobState.COMPLETED]
+    assert len(store.executions(records[0].id)) == 1
+    assert sorted((e.job_version, e.compute_state) for e in store.executions(records[5].id)) == [
+        (1, ExecutionState.CANCELLED), (2, ExecutionState.NEW), (2, ExecutionState.NEW)]
+    assert [entry.target for entry in AuditLog(engine).read()] == [r.id for r in records]
 
 
 @pytest.mark.parametrize("per_claim", [1, 3])
