@@ -232,7 +232,7 @@ class Store:
         # written with SQL Core: the record stays out of the session, and what changes it later writes the same way
         direct.later(session, JOBS, [{column.name: getattr(record, column.name) for column in JOBS.columns}])
         direct.later(session, JOB_VERSIONS, [{"job_id": job_id, "version": 1, "spec": record.spec,
-                                               "create_time": now}])
+                                              "create_time": now}])
         history.job_event(session, record, Topic.SUBMISSION, "Job submitted", now=now)
         self._schedule(session, record, now)
         self._audit_submission(session, actor, record)
@@ -283,7 +283,7 @@ class Store:
         job.revision += 1
         session.add(job)
         direct.later(session, JOB_VERSIONS, [{"job_id": job.id, "version": job.version, "spec": job.spec,
-                                              "create_time": now}])
+                                             "create_time": now}])
         history.job_event(session, job, Topic.SUBMISSION, message, previous=previous, now=now)
         self._schedule(session, job, now)
 
@@ -308,7 +308,7 @@ class Store:
             history.job_event(session, record, Topic.QUEUEING, "Job queued", previous=JobState.PENDING,
                               details={"Reason": message}, now=now)
         direct.later(session, EXECUTIONS, [self._new_execution(record, needs, index, attempt=1, now=now)
-                                            for index in range(record.count)])
+                                           for index in range(record.count)])
 
     def _place_on_nodes(self, session: Session, job: JobRecord, needs: Needs, reasons: dict[str, list[str]],
                         now: int) -> None:
