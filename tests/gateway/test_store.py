@@ -151,6 +151,9 @@ def test_a_batchs_rows_go_in_with_one_insert_per_table_and_what_needs_them_sees_
     assert [entry.target for entry in AuditLog(engine).read()] == [r.id for r in records]
 
 
+# -- claim ------------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("per_claim", [1, 3])
 def test_claim_assigns_each_execution_once_under_a_race(tmp_path: Path, engine: Engine, per_claim: int) -> None:
     store = Store(engine, lease_seconds=60, max_attempts=3, queue_timeout=3600)
