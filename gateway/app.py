@@ -36,7 +36,7 @@ from gateway.log_store import LogStore
 from gateway.notify import PgRelay, WorkSignal
 from gateway.objectstore import make_object_store
 from gateway.responses import JSONResponse
-from gateway.services import Services
+from gateway.services import Services, database_on_loop
 from gateway.settings import Settings
 from gateway.store import Store
 from gateway.tokens import TokenStore
@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> Starlette:
         auth=Authenticator(auth_config, TokenStore(engine),
                            limiter=FailureLimiter(settings.auth_failures_per_minute, 60.0)),
         audit=AuditLog(engine),
-        db_on_loop=engine.dialect.name == "sqlite",
+        db_on_loop=database_on_loop(settings.database_calls, engine.url),
     )
 
     @contextlib.asynccontextmanager

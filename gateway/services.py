@@ -7,11 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from sqlalchemy import URL
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 
 from gateway.audit import AuditLog
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, is_loopback
 from gateway.completers import RecentCompleters
 from gateway.errors import BadRequest, PayloadTooLarge, Unauthorized
 from gateway.log_store import LogStore
@@ -40,18 +41,34 @@ class Services:
     audit: AuditLog
     deadlines: PollDeadlines = field(default_factory=PollDeadlines)
     completers: RecentCompleters = field(default_factory=RecentCompleters)
-    db_on_loop: bool = False  # see db()
+    db_on_loop: bool = False  # see db() and database_on_loop()
 
     async def db(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a call that works on the database (the store, the log store, the audit log, the token store) and
-        checks nothing slow such as a bcrypt password (those stay in worker threads). On SQLite it runs right here,
-        on the event loop: its transactions take a millisecond or two of CPU, and one writer at a time holds
-        SQLite's lock anyway, while the hop to a worker thread and back (two thread wake-ups and GIL hand-offs) cost
-        the gateway about a fifth of its CPU per job. On PostgreSQL, where each statement waits for a round trip,
-        it runs in a worker thread."""
+        checks nothing slow such as a bcrypt password (those stay in worker threads): on the event loop itself or
+        in a worker thread, as `database_on_loop` decided."""
         if self.db_on_loop:
             return call(*args, **kwargs)
         return await run_in_threadpool(call, *args, **kwargs)
+
+
+def database_on_loop(calls: str, url: URL) -> bool:
+    """Whether the gateway runs its transactions on the event loop (`calls` is the database_calls setting).
+
+    `auto` runs them there when the database is on this machine: SQLite, or PostgreSQL over a Unix socket or a
+    loopback address. Such a transaction takes a millisecond or two and waits on nothing far, and one at a time
+    finishes sooner than many taking turns: the hop to a worker thread and back (two thread wake-ups and GIL
+    hand-offs) cost the gateway about a fifth of its CPU per job on SQLite, and on PostgreSQL, with forty worker
+    threads' transactions interleaved, each waited most of its time for its own thread to run again. The price
+    is that a transaction that waits (on a row lock another replica holds) holds up the replica's other
+    requests meanwhile, as SQLite's write lock does anyway. A PostgreSQL server elsewhere answers each statement
+    after a network round trip: there `auto` uses worker threads, so that transactions wait side by side."""
+    if calls != "auto":
+        return calls == "loop"
+    if url.get_backend_name() == "sqlite":
+        return True
+    host = url.host or str(url.query.get("host") or "")
+    return not host or host.startswith("/") or is_loopback(host)
 
 
 def services(request: HTTPConnection) -> Services:

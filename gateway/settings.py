@@ -10,6 +10,7 @@ from pathlib import Path
 from gateway.errors import ConfigurationError
 
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+DATABASE_CALLS = ("auto", "loop", "threads")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,6 +23,7 @@ class Settings:
     public_url: str = ""
     config: str = ""  # the config file (users, API keys, OIDC, join token): `serve --config` or SHOAL_CONFIG
     database_url: str = ""
+    database_calls: str = "auto"  # where the gateway runs its transactions: auto, loop or threads (Services.db)
     results_bucket: str = ""
     results_prefix: str = "results"
     s3_endpoint_url: str = ""
@@ -49,6 +51,9 @@ class Settings:
             value = getattr(self, name)
             if not 0 < value <= MAX_PRESIGN_SECONDS:
                 raise ConfigurationError(f"{name} must be between 1 s and 7 days, not {value}")
+        if self.database_calls not in DATABASE_CALLS:
+            raise ConfigurationError(f"database_calls must be one of {', '.join(DATABASE_CALLS)}, not "
+                                     f"{self.database_calls!r}")
         if self.poll_seconds <= 0 or self.lease_seconds < 3 * self.poll_seconds:
             raise ConfigurationError("the lease must be at least three long-poll periods")
 
@@ -98,6 +103,7 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "public_url": str,
     "config": str,
     "database_url": str,
+    "database_calls": str,
     "results_bucket": str,
     "results_prefix": str,
     "s3_endpoint_url": str,
