@@ -754,7 +754,7 @@ class Store:
                                     {"ExitCode": outcome.exit_code}, now))
         history.write(session, events)
         if job.type != JobType.SERVICE:
-            self._settle_job(session, job, now)
+            self._settle_job(session, job, now, completed_one=execution.job_version == job.version)
         elif not JobState(job.state).terminal:
             if execution.attempt < self.max_attempts:
                 self._replace(session, job, execution, "a service replica exited", now)
@@ -802,8 +802,10 @@ class Store:
                                               f"Retrying partition {ended.partition_index} ({why})", "",
                                               ExecutionState.NEW, None, now)])
 
-    def _settle_job(self, session: Session, job: JobRecord | Row[Any], now: int) -> None:
-        """End the job (as it is now, locked) if its executions are done."""
+    def _settle_job(self, session: Session, job: JobRecord | Row[Any], now: int, *,
+                    completed_one: bool = False) -> None:
+        """End the job (as it is now, locked) if its executions are done. `completed_one`: an execution of its
+        version has just completed, which is all that a batch job of one partition waits for."""
         if JobState(job.state).terminal:
             return
         if job.type == JobType.OPS:
@@ -816,8 +818,8 @@ class Store:
             return
         if job.type != JobType.BATCH:
             return  # daemon and service jobs run until they are stopped
-        done = direct.run(session, sql.DONE_PARTITIONS, {"job": job.id, "version": job.version}).scalar_one()
-        if done >= job.count:
+        if (completed_one and job.count <= 1) or job.count <= direct.run(
+                session, sql.DONE_PARTITIONS, {"job": job.id, "version": job.version}).scalar_one():
             self._end_job(session, job, JobState.COMPLETED, "", now)
 
     def _end_job(self, session: Session, job: JobRecord | Row[Any], state: JobState, message: str, now: int,

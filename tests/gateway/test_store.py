@@ -803,6 +803,26 @@ def test_completing_every_partition_completes_the_job(store: Store) -> None:
     assert {e.lease_expires for e in executions} == {None}
 
 
+def test_a_job_of_one_partition_ends_with_its_completion_without_counting_its_partitions(store: Store,
+                                                                                         engine: Engine) -> None:
+    one, two = store.submit(wasm()), store.submit(wasm(count=2))
+    a = node(store)
+    assert len(store.claim(a, 3)) == 3
+    [only], [first, second] = store.executions(one.id), store.executions(two.id)
+
+    def counts_partitions(execution_id: str) -> int:
+        _, statements = executed(engine, lambda: store.complete(a.id, execution_id, RunOutcome(exit_code=0),
+                                                                published=False))
+        return sum("count(distinct" in statement.lower() for statement, _ in statements)
+
+    assert counts_partitions(only.id) == 0
+    assert job_state(store, one.id)[0] == JobState.COMPLETED
+    assert counts_partitions(first.id) == 1
+    assert job_state(store, two.id)[0] == JobState.RUNNING
+    assert counts_partitions(second.id) == 1
+    assert job_state(store, two.id)[0] == JobState.COMPLETED
+
+
 def test_non_zero_exit_code_is_still_completed(store: Store) -> None:
     job = store.submit(wasm())
     a = node(store)
