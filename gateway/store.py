@@ -818,8 +818,8 @@ class Store:
             return
         if job.type != JobType.BATCH:
             return  # daemon and service jobs run until they are stopped
-        if (completed_one and job.count <= 1) or job.count <= direct.run(
-                session, sql.DONE_PARTITIONS, {"job": job.id, "version": job.version}).scalar_one():
+        if (completed_one and job.count == 1) or direct.run(
+                session, sql.DONE_PARTITIONS, {"job": job.id, "version": job.version}).scalar_one() >= job.count:
             self._end_job(session, job, JobState.COMPLETED, "", now)
 
     def _end_job(self, session: Session, job: JobRecord | Row[Any], state: JobState, message: str, now: int,
