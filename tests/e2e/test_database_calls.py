@@ -7,6 +7,7 @@ import concurrent.futures
 
 import httpx
 import psycopg
+from sqlalchemy import make_url
 
 from tests.conftest import Cluster, postgres_server, wait_for
 from tests.specs import wasm_job
@@ -14,7 +15,8 @@ from tests.specs import wasm_job
 
 def test_with_worker_threads_jobs_run_and_a_transaction_waiting_on_a_lock_holds_up_no_other_request(
         cluster: Cluster) -> None:
-    database = postgres_server().create_database()
+    server = postgres_server()
+    database = server.create_database()
     gateway = cluster.gateway(database_url=database, database_calls="threads", queue_timeout="600")
     cluster.agent(gateway)
     done, execution = gateway.run(wasm_job("echo", "threads", publisher="noop"))
@@ -24,7 +26,7 @@ def test_with_worker_threads_jobs_run_and_a_transaction_waiting_on_a_lock_holds_
     waiting = wasm_job("echo", "never")
     waiting["Constraints"] = [{"Key": "zone", "Operator": "=", "Values": ["nowhere"]}]  # no node: it stays queued
     job_id = gateway.submit(waiting)
-    dsn = database.replace("postgresql+psycopg://", "postgresql://")
+    dsn = server.dsn(make_url(database).database or "")
     with psycopg.connect(dsn) as holder, psycopg.connect(dsn, autocommit=True) as watcher, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         # someone else's transaction (an operator's psql, another replica) holds the job's row
